@@ -1,0 +1,65 @@
+# The front door: `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LOCK_HASH := $(shell cat requirements.txt requirements.lock 2>/dev/null | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(LOCK_HASH)
+SAMPLE ?= data/clicks
+RUN_DATE ?= 2026-01-09
+
+export SPARK_LOCAL_IP := 127.0.0.1
+export PYTHONHASHSEED := 0
+export HNSWLIB_NO_NATIVE := 1
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__UNIT_TEST_MODE := False
+
+.PHONY: help install run serve test test-fast lint fmt bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install the locked requirements (again only when the lock changes)
+
+$(STAMP): requirements.txt requirements.lock
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -c requirements.lock
+	@$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' | xargs -I{} sh -c 'echo "$(CURDIR)" > {}/item_embeddings_project.pth'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+$(AIRFLOW_HOME)/airflow.db: | $(STAMP)
+	@mkdir -p $(AIRFLOW_HOME)
+	$(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/migrate.log 2>&1 || (tail -20 $(AIRFLOW_HOME)/migrate.log; exit 1)
+
+$(SAMPLE): | $(STAMP)
+	$(PY) -m embedding generate --out $(SAMPLE) --events 200000 --days 8 --profile standard
+
+run: install $(SAMPLE) $(AIRFLOW_HOME)/airflow.db ## sample log -> daily DAG once (airflow dags test) -> print version, metrics, neighbours
+	@echo "== airflow dags test item_embeddings $(RUN_DATE) (data interval: the day before; log in $(AIRFLOW_HOME)/dags_test.log)"
+	@$(VENV)/bin/airflow dags test item_embeddings $(RUN_DATE) > $(AIRFLOW_HOME)/dags_test.log 2>&1 \
+		|| (grep -E "ERROR|Error|error:" $(AIRFLOW_HOME)/dags_test.log | tail -20; exit 1)
+	@$(PY) -m embedding -q versions --last-run
+	@$(PY) -m serving.probe --publish-root publish --k 5
+
+serve: install ## start the service on 127.0.0.1:8000 over ./publish
+	$(PY) -m serving --publish-root publish
+
+test: install $(AIRFLOW_HOME)/airflow.db ## lint, then the whole test suite (real Spark, Airflow, Parquet, HTTP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+test-fast: install ## the suite without the slow end-to-end scenarios
+	$(PY) -m pytest -m "not slow"
+
+lint: install ## ruff check and format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+fmt: install ## ruff format and autofix
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+bench: install ## skip-gram throughput vs raw gensim on the same corpus -> bench/results/
+	$(PY) -m bench.bench_train
+
+clean: ## remove generated data, published versions and the Airflow home (keeps .venv)
+	rm -rf data publish .airflow bench/results spark-warehouse

@@ -1,0 +1,5 @@
+import sys
+
+from embedding.cli import main
+
+sys.exit(main())

@@ -1,0 +1,232 @@
+"""Command line: ``python -m embedding {generate,run,neighbors}`` (CONTRACTS §3).
+
+Exit codes: 0 published (or already published); 2 bad input or configuration (one clear line on
+stderr); 3 quality gate failed; 1 anything else. CURRENT is unchanged on any non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from embedding.errors import EmbeddingError, InputError
+
+logger = logging.getLogger("embedding")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--conf", type=Path, default=None, help="YAML config (default: conf/default.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set word2vec.epochs=5 (repeatable)",
+    )
+
+
+def _load(args: argparse.Namespace):
+    from embedding import PROJECT_ROOT
+    from embedding.config import load_config
+
+    conf = args.conf if args.conf is not None else PROJECT_ROOT / "conf" / "default.yaml"
+    return load_config(conf, args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m embedding", description=__doc__.split("\n")[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write a synthetic click log with planted clusters")
+    gen.add_argument("--out", type=Path, required=True, help="folder to create")
+    gen.add_argument("--events", type=int, default=200_000)
+    gen.add_argument("--days", type=int, default=8)
+    gen.add_argument("--profile", default="standard", help="standard | sparse")
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--start", type=datetime.date.fromisoformat, default=datetime.date(2026, 1, 1))
+
+    run = sub.add_parser("run", help="validate, sessionize, train, fine-tune, evaluate, publish")
+    run.add_argument("--input", type=Path, required=True, help="click-log file or folder")
+    run.add_argument("--publish-root", type=Path, required=True)
+    run.add_argument("--work-dir", type=Path, default=None, help="default <publish-root>/.work")
+    _add_config_args(run)
+
+    ver = sub.add_parser("versions", help="list published versions with metrics and gate result")
+    ver.add_argument("--publish-root", type=Path, default=None)
+    ver.add_argument("--last-run", action="store_true", help="also say what the latest run did")
+    _add_config_args(ver)
+
+    nb = sub.add_parser("neighbors", help="print the nearest items of one item (exact cosine)")
+    nb.add_argument("item_id")
+    nb.add_argument("--publish-root", type=Path, default=None)
+    nb.add_argument("--version", default=None, help="default: CURRENT")
+    nb.add_argument("--k", type=int, default=10)
+    _add_config_args(nb)
+    return parser
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from embedding.generate import generate_clicklog
+
+    result = generate_clicklog(
+        args.out, args.events, args.days, args.profile, args.seed, args.start
+    )
+    print(
+        f"generated {result.n_events} events, {result.n_sessions} sessions "
+        f"({result.n_booked_sessions} booked), {result.n_items} items over {len(result.days)} days "
+        f"-> {result.out_dir}"
+    )
+    return 0
+
+
+def format_metrics(metrics: dict) -> list[str]:
+    lines = [
+        f"holdout: {metrics.get('holdout')}, {metrics.get('n_cases')} next-item cases, "
+        f"coverage {metrics.get('coverage', 0):.1%}"
+    ]
+    lines.append(f"  {'method':<12}{'HR@10':>8}{'MRR@20':>8}   covered HR@10")
+    for name in ("popularity", "word2vec", "finetuned"):
+        if name in metrics:
+            m = metrics[name]
+            lines.append(
+                f"  {name:<12}{m['hr@10']:>8.4f}{m['mrr@20']:>8.4f}   {m['covered']['hr@10']:.4f}"
+            )
+    return lines
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from embedding.pipeline import resolve_paths, run_pipeline
+
+    cfg = _load(args)
+    if not args.input.exists():
+        raise InputError(f"{args.input}: input not found")
+    paths = resolve_paths(cfg, args.input, args.publish_root, args.work_dir)
+    result = run_pipeline(cfg, paths)
+    pub = result["publish"]
+    ingest = result["ingest"]
+    state = "already published" if pub["already_published"] else "published"
+    print(f"{state}: {pub['version']} -> {pub['path']}")
+    print(f"CURRENT: {pub['current']}")
+    print(
+        f"input: {ingest['rows_read']} rows, {ingest['events_valid']} item events, "
+        f"dropped {sum(ingest['dropped_by_type'].values())} {ingest['dropped_by_type']}, "
+        f"quarantined {sum(ingest['quarantined_by_reason'].values())} "
+        f"{ingest['quarantined_by_reason']}; {ingest['sessions']} sessions, "
+        f"{ingest['booking_pairs']} booking pairs"
+    )
+    for line in format_metrics(result["metrics"]):
+        print(line)
+    print(
+        f"gate: {'passed' if result['gate'].get('passed') else 'failed'}: "
+        f"{result['gate'].get('reason')}"
+    )
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from embedding.pipeline import LAST_PUBLISH, resolve_paths
+    from embedding.publish import MANIFEST, REJECTED, VERSIONS, read_current
+
+    cfg = _load(args)
+    root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
+    current = read_current(root)
+    if args.last_run:
+        last = Path(resolve_paths(cfg, input_path=".", publish_root=root).work_dir) / LAST_PUBLISH
+        if not last.is_file():
+            raise InputError(f"{root}: no run has published here yet")
+        outcome = json.loads(last.read_text())
+        state = (
+            "was already published (same inputs, config and code)"
+            if outcome["already_published"]
+            else "published by this run"
+        )
+        print(f"version {outcome['version']} {state}; CURRENT = {outcome['current']}")
+    rows = []
+    for kind in (VERSIONS, REJECTED):
+        for folder in sorted((root / kind).glob("*")):
+            if (folder / MANIFEST).is_file():
+                rows.append((kind, folder.name, json.loads((folder / MANIFEST).read_text())))
+    if not rows:
+        raise InputError(f"{root}: no versions published yet")
+    for kind, name, manifest in rows:
+        mark = "*" if name == current else " "
+        gate = manifest.get("gate", {})
+        interval = manifest.get("data_interval", {})
+        print(
+            f"{mark} {name}  [{'published' if kind == VERSIONS else 'rejected'}] "
+            f"{interval.get('start')}..{interval.get('end')}  "
+            f"{manifest.get('n_items', '?')} items, "
+            f"dim {manifest.get('dim', '?')}, gate {'passed' if gate.get('passed') else 'failed'}"
+        )
+    manifest = next((m for k, n, m in rows if n == current and k == VERSIONS), None)
+    if manifest is not None:
+        print(f"CURRENT {current}: created {manifest.get('created_at')}")
+        for line in format_metrics(manifest.get("metrics", {})):
+            print(line)
+        print(f"gate: {manifest.get('gate', {}).get('reason')}")
+    return 0
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from embedding.publish import VERSIONS, read_current, verify_version
+    from embedding.vectors_io import VECTORS_FILE, read_vectors
+
+    cfg = _load(args)
+    root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
+    version = args.version or read_current(root)
+    if version is None:
+        raise InputError(f"{root}: no CURRENT version; publish one first or pass --version")
+    folder = root / VERSIONS / version
+    verify_version(folder)
+    vectors, markets = read_vectors(folder / VECTORS_FILE)
+    index = vectors.index()
+    if args.item_id not in index:
+        raise InputError(f"unknown item_id {args.item_id!r} in version {version}")
+    if args.k < 1:
+        raise InputError(f"--k must be at least 1, got {args.k}")
+    row = index[args.item_id]
+    scores = vectors.vectors @ vectors.vectors[row]
+    scores[row] = -np.inf
+    top = np.argsort(-scores, kind="stable")[: args.k]
+    print(f"version {version}; neighbours of {args.item_id} (market {markets.get(args.item_id)})")
+    for rank, i in enumerate(top, 1):
+        print(
+            f"{rank:>3}  {vectors.ids[i]:<20} {markets.get(vectors.ids[i]) or '-':<24} "
+            f"{scores[i]:.4f}"
+        )
+    return 0
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "run": cmd_run,
+    "versions": cmd_versions,
+    "neighbors": cmd_neighbors,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("gensim", "py4j", "smart_open"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except EmbeddingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code

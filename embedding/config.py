@@ -1,0 +1,235 @@
+"""One typed, frozen configuration for every stage, loaded from ``conf/*.yaml``.
+
+``load_config(path, overrides=["word2vec.negative=15"])`` reads the YAML file, applies
+``--set key=value`` overrides (values parsed as YAML scalars, then type-checked), and returns a
+``Config``. Unknown keys and wrong types fail at load with a ``ConfigError`` naming the key.
+Relative paths under ``paths`` are resolved against the project root, so the DAG and the CLI
+agree wherever they are started from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from embedding import PROJECT_ROOT
+from embedding.errors import ConfigError
+
+EVENT_KINDS = ("view", "click", "book")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ColumnMap(_Frozen):
+    """Source column name for each canonical click-log column (CONTRACTS §1); None = absent."""
+
+    user_id: str = "user_id"
+    ts: str = "ts"
+    item_id: str = "item_id"
+    event: str = "event"
+    session_id: str | None = None  # when set, the source's sessions are used instead of the gap
+    market: str | None = "market"
+    seq: str | None = None  # order of events sharing a ts (trivago: step)
+    shown_items: str | None = None
+
+    def required(self) -> dict[str, str]:
+        return {
+            "user_id": self.user_id,
+            "ts": self.ts,
+            "item_id": self.item_id,
+            "event": self.event,
+        }
+
+    def present(self) -> dict[str, str]:
+        """Canonical name -> source name for every mapped column."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class SourceConfig(_Frozen):
+    """How to read one source's click log and map it onto the contract."""
+
+    format: Literal["auto", "parquet", "csv"] = "auto"
+    columns: ColumnMap = ColumnMap()
+    ts_kind: Literal["auto", "epoch_s", "epoch_ms", "timestamp"] = "auto"
+    list_separator: str = "|"  # for shown_items stored as one joined string (trivago)
+    # source event name -> view | click | book | drop (drop: not an item event, counted only)
+    events: dict[str, Literal["view", "click", "book", "drop"]] = Field(
+        default_factory=lambda: {"view": "view", "click": "click", "book": "book"}
+    )
+
+
+class IngestConfig(_Frozen):
+    max_bad_share: float = Field(0.05, ge=0.0, le=1.0)  # quarantined / item rows above this fails
+    max_id_length: int = Field(256, ge=1)
+
+
+class SessionizeConfig(_Frozen):
+    gap_minutes: float = Field(30.0, gt=0)  # inactivity that starts a new session
+    collapse_repeats: bool = True  # consecutive events on one item count once in item_ids
+    min_distinct_items: int = Field(2, ge=1)
+    max_session_length: int = Field(200, ge=2)
+
+
+class WindowConfig(_Frozen):
+    days: int = Field(8, ge=1)  # days of sessions the model sees, the holdout included
+
+
+class Word2VecParams(_Frozen):
+    """gensim Word2Vec knobs; see gensim's docs for each. Tuning them matters a lot for recsys."""
+
+    vector_size: int = Field(64, ge=2, le=4096)
+    window: int = Field(5, ge=1)
+    negative: int = Field(10, ge=1)  # noise items drawn per positive pair
+    ns_exponent: float = 0.75  # lower: rare items are drawn as negatives more often
+    sample: float = Field(1e-3, ge=0)  # down-sampling threshold for very popular items
+    epochs: int = Field(10, ge=1)
+    min_count: int = Field(2, ge=1)
+    alpha: float = Field(0.025, gt=0)
+    min_alpha: float = Field(0.0001, ge=0)
+    sg: Literal[0, 1] = 1  # 1 skip-gram, 0 CBOW
+    workers: int = Field(2, ge=1)  # >1 is faster but not deterministic
+    booked_oversample: int = Field(1, ge=1)  # booked sessions repeated this often in the stream
+
+
+class FinetuneParams(_Frozen):
+    """Contrastive (InfoNCE) fine-tuning on booking pairs, anchored to the skip-gram vectors."""
+
+    enabled: bool = True
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(0.001, gt=0)
+    temperature: float = Field(0.2, gt=0)  # logits scale = 1 / temperature
+    anchor_weight: float = Field(1.0, ge=0)  # L2 pull of moved vectors back to the base vectors
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    patience: int = Field(3, ge=1)  # epochs without a better val recall before stopping
+    recall_k: int = Field(10, ge=1)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+
+class EvaluateConfig(_Frozen):
+    holdout: Literal["last_day", "last_fraction"] = "last_day"
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)  # of sessions, by start time (last_fraction)
+    max_cases: int = Field(20000, ge=1)  # sampled with the seed when there are more
+    batch_size: int = Field(2048, ge=1)
+
+
+class GateConfig(_Frozen):
+    """The published vectors must reach these next-item figures on the holdout."""
+
+    metric: Literal["hr@10", "mrr@20"] = "hr@10"
+    min_value: float = Field(0.0, ge=0)
+    min_lift_over_popularity: float = Field(1.0, ge=0)  # candidate / popularity baseline
+
+
+class SparkConfig(_Frozen):
+    master: str = "local[2]"
+    driver_memory: str = "2g"
+    shuffle_partitions: int = Field(4, ge=1)
+
+
+class ServingConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    hnsw_m: int = Field(16, ge=2)
+    hnsw_ef_construction: int = Field(200, ge=1)
+    hnsw_ef_search: int = Field(100, ge=1)
+    max_k: int = Field(100, ge=1)
+
+
+class PathsConfig(_Frozen):
+    input: str | None = None  # click-log file or folder (the DAG reads it from here)
+    publish_root: str = "publish"
+    work_dir: str | None = None  # sessions and run artefacts; default <publish_root>/.work
+
+    def resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
+
+class Config(_Frozen):
+    seed: int = 42
+    source: SourceConfig = SourceConfig()
+    ingest: IngestConfig = IngestConfig()
+    sessionize: SessionizeConfig = SessionizeConfig()
+    window: WindowConfig = WindowConfig()
+    word2vec: Word2VecParams = Word2VecParams()
+    finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gate: GateConfig = GateConfig()
+    spark: SparkConfig = SparkConfig()
+    serving: ServingConfig = ServingConfig()
+    paths: PathsConfig = PathsConfig()
+
+    @model_validator(mode="after")
+    def _check_events(self) -> Config:
+        if not any(v in EVENT_KINDS for v in self.source.events.values()):
+            raise ValueError("source.events maps no source event to view, click or book")
+        return self
+
+    def fingerprint(self) -> str:
+        """sha256 over everything that shapes the model (paths excluded)."""
+        payload = self.model_dump(mode="json", exclude={"paths", "serving"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'a.b=v' -> ('a.b', v) with v parsed as a YAML scalar ('10' -> 10, 'null' -> None)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. word2vec.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+    return key.strip(), value
+
+
+def _format_validation(exc: ValidationError, origin: str) -> str:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "<root>"
+        problems.append(f"{where}: {err['msg']}")
+    return f"{origin}: invalid configuration: " + "; ".join(problems)
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (None = built-in defaults) and apply dotted overrides."""
+    tree: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        tree = loaded
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, origin)) from exc

@@ -1,0 +1,138 @@
+"""Offline evaluation: next-item ranking on held-out sessions, against a popularity baseline.
+
+Input: held-out test sessions, candidate vectors (skip-gram, fine-tuned) and training item
+counts. Output: a metrics dict (HR@10, MRR@20 on all cases and on the covered slice, coverage)
+and the quality-gate verdict.
+
+A case is a consecutive pair (a -> b) in a test session's ``item_ids``. Every method ranks all
+candidate items for query ``a`` (``a`` itself excluded) and we record where ``b`` lands. A case
+whose items have no vector counts as a miss in the "all" figures; "covered" figures use only
+cases where both items have vectors, so coverage and quality can be read apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from itertools import pairwise
+
+import numpy as np
+import pyarrow as pa
+
+from embedding.config import EvaluateConfig, GateConfig
+from embedding.train_w2v import ItemVectors
+
+logger = logging.getLogger(__name__)
+
+MISS = np.iinfo(np.int64).max
+
+
+def next_item_cases(item_lists: Iterable[list[str]]) -> list[tuple[str, str]]:
+    return [(a, b) for items in item_lists for a, b in pairwise(items) if a != b]
+
+
+def sample_cases(cases: list[tuple[str, str]], max_cases: int, seed: int) -> list[tuple[str, str]]:
+    if len(cases) <= max_cases:
+        return cases
+    keep = np.random.default_rng(seed).choice(len(cases), size=max_cases, replace=False)
+    return [cases[i] for i in sorted(keep)]
+
+
+def embedding_ranks(
+    vectors: ItemVectors, cases: list[tuple[str, str]], batch_size: int = 2048
+) -> np.ndarray:
+    """0-based rank of each case's target among all items by cosine to the query (MISS if
+    either item has no vector)."""
+    index = vectors.index()
+    ranks = np.full(len(cases), MISS, dtype=np.int64)
+    rows = [(i, index[a], index[b]) for i, (a, b) in enumerate(cases) if a in index and b in index]
+    if not rows:
+        return ranks
+    case_idx, query, target = (np.array(col, dtype=np.int64) for col in zip(*rows, strict=True))
+    table = vectors.vectors
+    for start in range(0, len(case_idx), batch_size):
+        q = query[start : start + batch_size]
+        t = target[start : start + batch_size]
+        scores = table[q] @ table.T  # (c, N)
+        scores[np.arange(q.size), q] = -np.inf
+        target_scores = scores[np.arange(q.size), t][:, None]  # (c, 1)
+        ranks[case_idx[start : start + batch_size]] = (scores > target_scores).sum(axis=1)
+    return ranks
+
+
+def popularity_ranks(train_counts: Counter, cases: list[tuple[str, str]]) -> np.ndarray:
+    """Rank of the target in the global popularity order (ties by id), the query excluded."""
+    order = sorted(train_counts, key=lambda item: (-train_counts[item], item))
+    position = {item: pos for pos, item in enumerate(order)}
+    ranks = np.full(len(cases), MISS, dtype=np.int64)
+    for i, (a, b) in enumerate(cases):
+        if b in position:
+            pos_b = position[b]
+            ranks[i] = pos_b - (1 if position.get(a, MISS) < pos_b else 0)
+    return ranks
+
+
+def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
+    if ranks.size == 0:
+        return {"hr@10": 0.0, "hr@20": 0.0, "mrr@20": 0.0, "n": 0}
+    reciprocal = np.where(ranks < 20, 1.0 / (np.minimum(ranks, MISS - 1) + 1.0), 0.0)
+    return {
+        "hr@10": float(np.mean(ranks < 10)),
+        "hr@20": float(np.mean(ranks < 20)),
+        "mrr@20": float(np.mean(reciprocal)),
+        "n": int(ranks.size),
+    }
+
+
+def evaluate_candidates(
+    candidates: dict[str, ItemVectors],
+    train_counts: Counter,
+    test_sessions: pa.Table,
+    cfg: EvaluateConfig,
+    seed: int,
+) -> dict:
+    """Metrics of every candidate and of the popularity baseline on the same cases."""
+    all_cases = next_item_cases(test_sessions.column("item_ids").to_pylist())
+    cases = sample_cases(all_cases, cfg.max_cases, seed)
+    result: dict = {"n_cases": len(cases), "n_cases_total": len(all_cases)}
+    reference = next(iter(candidates.values()))
+    covered = embedding_ranks(reference, cases, cfg.batch_size) != MISS if cases else np.zeros(0)
+    covered = np.asarray(covered, dtype=bool)
+    result["coverage"] = float(covered.mean()) if cases else 0.0
+    methods = {"popularity": popularity_ranks(train_counts, cases)}
+    for name, vectors in candidates.items():
+        methods[name] = embedding_ranks(vectors, cases, cfg.batch_size)
+    for name, ranks in methods.items():
+        result[name] = {**ranking_metrics(ranks), "covered": ranking_metrics(ranks[covered])}
+        logger.info(
+            "eval %-10s hr@10 %.4f mrr@20 %.4f (covered: hr@10 %.4f) on %d cases",
+            name,
+            result[name]["hr@10"],
+            result[name]["mrr@20"],
+            result[name]["covered"]["hr@10"],
+            len(cases),
+        )
+    return result
+
+
+def check_gate(metrics: dict, candidate: str, gate: GateConfig) -> dict:
+    """Gate verdict for ``candidate``: its metric must reach ``min_value`` and beat popularity
+    by ``min_lift_over_popularity``."""
+    value = metrics[candidate][gate.metric]
+    baseline = metrics["popularity"][gate.metric]
+    needed = max(gate.min_value, baseline * gate.min_lift_over_popularity)
+    passed = value >= needed and metrics["n_cases"] > 0
+    reason = (
+        f"{candidate} {gate.metric} {value:.4f} {'>=' if passed else '<'} required {needed:.4f} "
+        f"(min_value {gate.min_value}, popularity {baseline:.4f} x {gate.min_lift_over_popularity})"
+    )
+    if metrics["n_cases"] == 0:
+        reason = "no evaluation cases in the holdout"
+    return {
+        "passed": bool(passed),
+        "metric": gate.metric,
+        "value": value,
+        "required": needed,
+        "reason": reason,
+    }

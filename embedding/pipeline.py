@@ -1,0 +1,339 @@
+"""The pipeline's stages as plain functions, wired by the CLI (``run_pipeline``) and the DAG.
+
+Each stage takes the config and a ``RunPlan`` (a small JSON-able record: paths, the data
+interval, the version id), reads its inputs from disk and writes its outputs to the run folder
+``<work_dir>/runs/<version>/``, so the DAG can pass plans and paths through XCom and a retried
+task redoes only its own step. Stages after planning do nothing when the version is already
+published, except ``publish_stage``, which then finishes an interrupted publish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+from embedding import publish
+from embedding.config import Config
+from embedding.errors import InputError, QualityGateError
+from embedding.publish import FaultHook
+from embedding.train_w2v import ItemVectors
+from embedding.vectors_io import read_vectors, write_vectors
+from embedding.window import WindowData, load_table, missing_days, read_marker, split_holdout
+from embedding.window import window_days as list_window_days
+
+logger = logging.getLogger(__name__)
+
+LAST_PUBLISH = "last_publish.json"  # outcome of the latest publish stage, for `versions --last-run`
+TABLE_HASHES = ("sessions_hash", "booking_pairs_hash", "item_stats_hash")
+
+
+@dataclass(frozen=True)
+class Paths:
+    input: str
+    publish_root: str
+    work_dir: str
+
+
+def resolve_paths(
+    cfg: Config,
+    input_path: Path | str | None = None,
+    publish_root: Path | str | None = None,
+    work_dir: Path | str | None = None,
+) -> Paths:
+    """Explicit paths (CLI, relative to the cwd) win over config paths (relative to the project)."""
+    p = cfg.paths
+    root = Path(publish_root).resolve() if publish_root else p.resolve(p.publish_root)
+    if input_path:
+        source = Path(input_path).resolve()
+    elif p.input:
+        source = p.resolve(p.input)
+    else:
+        raise InputError("no input: pass --input or set paths.input in the config")
+    if work_dir:
+        work = Path(work_dir).resolve()
+    elif p.work_dir:
+        work = p.resolve(p.work_dir)
+    else:
+        work = root / ".work"
+    return Paths(str(source), str(root), str(work))
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    version: str
+    interval_start: str  # the data interval trained on: [start, end)
+    interval_end: str
+    days: list[str]  # window days that hold sessions
+    publish_root: str
+    work_dir: str
+    run_dir: str
+    already_published: bool
+    input_hashes: dict[str, str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunPlan:
+        return cls(**data)
+
+
+def sessionize_stage(cfg: Config, paths: Paths, days: list[date] | None) -> dict:
+    """Validate the click log and build the sessions of ``days`` (None: all its days)."""
+    from jobs.sessionize import run_sessionize
+
+    result = run_sessionize(cfg, Path(paths.input), Path(paths.work_dir), days)
+    return result.to_dict()
+
+
+def days_to_sessionize(
+    cfg: Config, paths: Paths, interval_start: date, interval_end: date
+) -> list[date]:
+    """The run's own days (always rebuilt) plus window days that have no partition yet."""
+    own = [interval_start + timedelta(days=i) for i in range((interval_end - interval_start).days)]
+    window = list_window_days(interval_end, cfg.window.days)
+    return sorted(set(own) | set(missing_days(Path(paths.work_dir), window)))
+
+
+def plan_run(cfg: Config, paths: Paths, interval_start: date, interval_end: date) -> RunPlan:
+    """Fix the training window and the version id; find out whether it is already published."""
+    work = Path(paths.work_dir)
+    days, hashes = [], {}
+    for day in [
+        interval_start + timedelta(days=i) for i in range((interval_end - interval_start).days)
+    ]:
+        marker = read_marker(work, day)
+        if marker is None:
+            raise InputError(
+                f"day {day} has not been sessionized ({work}/_days/{day}.json missing)"
+            )
+        if marker.get("n_sessions", 0) > 0:
+            days.append(str(day))
+            hashes[str(day)] = ":".join(marker[h] for h in TABLE_HASHES)
+    if not days:
+        raise InputError(f"no sessions in the window {interval_start}..{interval_end}")
+    last_day = date.fromisoformat(days[-1])
+    version = publish.version_id(
+        last_day, cfg.fingerprint(), publish.source_hash(), [f"{d}={h}" for d, h in hashes.items()]
+    )
+    root = Path(paths.publish_root)
+    plan = RunPlan(
+        version=version,
+        interval_start=str(interval_start),
+        interval_end=str(interval_end),
+        days=days,
+        publish_root=str(root),
+        work_dir=str(work),
+        run_dir=str(work / "runs" / version),
+        already_published=publish.is_published(root, version),
+        input_hashes=hashes,
+    )
+    Path(plan.run_dir).mkdir(parents=True, exist_ok=True)
+    logger.info(
+        "plan: version %s over %s..%s (%d days with sessions)%s",
+        version,
+        interval_start,
+        interval_end,
+        len(days),
+        ", already published" if plan.already_published else "",
+    )
+    return plan
+
+
+def load_window(cfg: Config, plan: RunPlan) -> WindowData:
+    days = [date.fromisoformat(d) for d in plan.days]
+    work = Path(plan.work_dir)
+    sessions = load_table(work, "sessions", days)
+    if sessions is None:
+        raise InputError(f"no session files for {plan.days[0]}..{plan.days[-1]} under {work}")
+    return split_holdout(sessions, load_table(work, "booking_pairs", days), cfg.evaluate)
+
+
+def item_markets(plan: RunPlan) -> dict[str, str | None]:
+    """Each item's most frequent market over the window (from the per-day item stats)."""
+    stats = load_table(
+        Path(plan.work_dir), "item_stats", [date.fromisoformat(d) for d in plan.days]
+    )
+    if stats is None:
+        return {}
+    votes: dict[str, Counter] = {}
+    for item, market, n in zip(
+        stats.column("item_id").to_pylist(),
+        stats.column("market").to_pylist(),
+        stats.column("n_events").to_pylist(),
+        strict=True,
+    ):
+        votes.setdefault(item, Counter())[market] += n
+    return {
+        item: max(c.items(), key=lambda kv: (kv[1], kv[0] or ""))[0] for item, c in votes.items()
+    }
+
+
+def _artefact(plan: RunPlan, name: str) -> Path:
+    return Path(plan.run_dir) / name
+
+
+def train_stage(cfg: Config, plan: RunPlan) -> str:
+    """Skip-gram on the training sessions -> ``word2vec.parquet`` in the run folder."""
+    from embedding.train_w2v import SessionCorpus, train_word2vec
+
+    out = _artefact(plan, "word2vec.parquet")
+    if plan.already_published:
+        return str(out)
+    data = load_window(cfg, plan)
+    items = data.train_sessions.column("item_ids").to_pylist()
+    booked = [bool(b) for b in data.train_sessions.column("booked_items").to_pylist()]
+    corpus = SessionCorpus(items, booked, cfg.word2vec.booked_oversample)
+    vectors = train_word2vec(corpus, cfg.word2vec, cfg.seed)
+    write_vectors(out, vectors)
+    return str(out)
+
+
+def finetune_stage(cfg: Config, plan: RunPlan) -> str:
+    """InfoNCE fine-tune on training booking pairs -> ``finetuned.parquet`` (or the base)."""
+    out = _artefact(plan, "finetuned.parquet")
+    if plan.already_published:
+        return str(out)
+    base, _ = read_vectors(_artefact(plan, "word2vec.parquet"))
+    stats: dict = {"enabled": cfg.finetune.enabled}
+    if cfg.finetune.enabled:
+        from embedding.finetune import finetune
+
+        data = load_window(cfg, plan)
+        pairs = data.train_pairs
+        tuned, ft_stats = finetune(
+            base,
+            pairs.column("context_item").to_pylist(),
+            pairs.column("booked_item").to_pylist(),
+            cfg.finetune,
+            cfg.seed,
+        )
+        stats.update(asdict(ft_stats))
+        write_vectors(out, tuned)
+    _artefact(plan, "finetune_stats.json").write_text(json.dumps(stats, indent=1))
+    return str(out)
+
+
+def _candidates(cfg: Config, plan: RunPlan) -> dict[str, ItemVectors]:
+    candidates = {"word2vec": read_vectors(_artefact(plan, "word2vec.parquet"))[0]}
+    if cfg.finetune.enabled:
+        candidates["finetuned"] = read_vectors(_artefact(plan, "finetuned.parquet"))[0]
+    return candidates
+
+
+def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
+    """Metrics of every candidate and the popularity baseline, and the gate verdict."""
+    from embedding.evaluate import check_gate, evaluate_candidates
+
+    out = _artefact(plan, "metrics.json")
+    if plan.already_published:
+        manifest = publish.verify_version(Path(plan.publish_root) / publish.VERSIONS / plan.version)
+        return {"metrics": manifest.get("metrics", {}), "gate": manifest.get("gate", {})}
+    data = load_window(cfg, plan)
+    train_counts = Counter(
+        item for items in data.train_sessions.column("item_ids").to_pylist() for item in items
+    )
+    candidates = _candidates(cfg, plan)
+    metrics = evaluate_candidates(
+        candidates, train_counts, data.test_sessions, cfg.evaluate, cfg.seed
+    )
+    metrics["holdout"] = data.holdout
+    metrics["published"] = list(candidates)[-1]
+    gate = check_gate(metrics, metrics["published"], cfg.gate)
+    result = {"metrics": metrics, "gate": gate}
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _manifest_fields(cfg: Config, plan: RunPlan, evaluation: dict, extra: dict | None) -> dict:
+    finetune_stats = _artefact(plan, "finetune_stats.json")
+    return {
+        "data_interval": {"start": plan.interval_start, "end": plan.interval_end},
+        "days": plan.days,
+        "input_hashes": plan.input_hashes,
+        "code_hash": publish.source_hash(),
+        "config_hash": cfg.fingerprint(),
+        "params": cfg.model_dump(mode="json", exclude={"paths"}),
+        "metrics": evaluation["metrics"],
+        "gate": evaluation["gate"],
+        "finetune": json.loads(finetune_stats.read_text()) if finetune_stats.is_file() else {},
+        **(extra or {}),
+    }
+
+
+def gate_stage(cfg: Config, plan: RunPlan, evaluation: dict, extra: dict | None = None) -> None:
+    """Raise QualityGateError (after recording the candidate under ``rejected/``) on failure."""
+    if plan.already_published or evaluation["gate"]["passed"]:
+        return
+    target = publish.reject_version(
+        Path(plan.publish_root), plan.version, _manifest_fields(cfg, plan, evaluation, extra)
+    )
+    raise QualityGateError(
+        f"quality gate failed for {plan.version}: {evaluation['gate']['reason']}; "
+        f"candidate recorded in {target}, CURRENT unchanged"
+    )
+
+
+def publish_stage(
+    cfg: Config,
+    plan: RunPlan,
+    evaluation: dict,
+    extra: dict | None = None,
+    fault: FaultHook | None = None,
+) -> dict:
+    """Publish the gated candidate (or finish the publish of an existing complete version)."""
+    root = Path(plan.publish_root)
+    if plan.already_published:
+        result = publish.finish_publish(root, plan.version)
+        logger.info("%s is already published; CURRENT is %s", plan.version, result.current)
+    elif not evaluation["gate"]["passed"]:
+        raise QualityGateError(f"refusing to publish {plan.version}: the gate did not pass")
+    else:
+        final = _candidates(cfg, plan)[evaluation["metrics"]["published"]]
+        result = publish.publish_version(
+            root,
+            plan.version,
+            final,
+            item_markets(plan),
+            _manifest_fields(cfg, plan, evaluation, extra),
+            fault=fault,
+        )
+    outcome = {**asdict(result), "data_interval": [plan.interval_start, plan.interval_end]}
+    (Path(plan.work_dir) / LAST_PUBLISH).write_text(json.dumps(outcome, indent=1))
+    return outcome
+
+
+def run_pipeline(
+    cfg: Config,
+    paths: Paths,
+    interval: tuple[date, date] | None = None,
+    fault: FaultHook | None = None,
+) -> dict:
+    """Every stage in order, as the DAG runs them (the CLI's ``run``).
+
+    ``interval`` None: the whole input, first day to last day plus one.
+    """
+    days = None
+    if interval is not None:
+        days = days_to_sessionize(cfg, paths, *interval)
+    ingest = sessionize_stage(cfg, paths, days)
+    if interval is None:
+        interval = (
+            date.fromisoformat(ingest["days"][0]),
+            date.fromisoformat(ingest["days"][-1]) + timedelta(days=1),
+        )
+        start = interval[0]
+    else:
+        start = max(interval[1] - timedelta(days=cfg.window.days), date.min)
+    plan = plan_run(cfg, paths, start, interval[1])
+    extra = {"ingest": ingest}
+    train_stage(cfg, plan)
+    finetune_stage(cfg, plan)
+    evaluation = evaluate_stage(cfg, plan)
+    gate_stage(cfg, plan, evaluation, extra)
+    published = publish_stage(cfg, plan, evaluation, extra, fault=fault)
+    return {"plan": plan.to_dict(), "ingest": ingest, **evaluation, "publish": published}

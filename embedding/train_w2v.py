@@ -1,0 +1,163 @@
+"""Skip-gram item2vec with negative sampling (gensim) over session item sequences.
+
+Input: training sessions (ordered ``item_ids``; booked sessions optionally repeated in the
+stream). Output: ``ItemVectors`` (ids, L2-normalised float32 matrix, training counts).
+
+Determinism: gensim is seeded, and its vector initialisation uses a stable hash here instead of
+Python's salted ``hash``; with ``workers=1`` two runs give identical vectors. With more workers
+the thread scheduling changes the result slightly (documented by gensim).
+
+gensim's running loss is cumulative, kept in float32 and racy with several workers: the epoch
+log shows per-epoch differences, which are indicative only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedding.config import Word2VecParams
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ItemVectors:
+    """Queryable vectors, apart from the trainable model (as gensim's KeyedVectors)."""
+
+    ids: list[str]
+    vectors: np.ndarray  # (n_items, dim) float32, rows L2-normalised
+    counts: np.ndarray  # (n_items,) int64, occurrences in the training corpus
+
+    def __post_init__(self) -> None:
+        assert self.vectors.shape[0] == len(self.ids) == self.counts.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def index(self) -> dict[str, int]:
+        return {item: row for row, item in enumerate(self.ids)}
+
+
+def normalize_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def stable_hash(text: str) -> int:
+    """Process-independent replacement for ``hash`` (PYTHONHASHSEED-proof)."""
+    return zlib.crc32(text.encode())
+
+
+class SessionCorpus:
+    """Re-iterable corpus of item sequences; booked sessions are yielded ``oversample`` times.
+
+    gensim iterates the corpus once for the vocabulary and once per epoch, so this must not
+    be a one-shot generator.
+    """
+
+    def __init__(
+        self, sessions: Sequence[list[str]], booked: Sequence[bool], oversample: int = 1
+    ) -> None:
+        self.sessions = sessions
+        self.booked = booked
+        self.oversample = oversample
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for items, is_booked in zip(self.sessions, self.booked, strict=True):
+            for _ in range(self.oversample if is_booked else 1):
+                yield items
+
+    def __len__(self) -> int:
+        extra = (self.oversample - 1) * sum(bool(b) for b in self.booked)
+        return len(self.sessions) + extra
+
+
+def _epoch_logger(n_words: int):
+    from gensim.models.callbacks import CallbackAny2Vec
+
+    class EpochLog(CallbackAny2Vec):
+        def __init__(self) -> None:
+            self.epoch = 0
+            self.last_loss = 0.0
+            self.started = time.monotonic()
+
+        def on_epoch_begin(self, model) -> None:
+            self.started = time.monotonic()
+
+        def on_epoch_end(self, model) -> None:
+            loss = model.get_latest_training_loss()
+            elapsed = time.monotonic() - self.started
+            self.epoch += 1
+            logger.info(
+                "word2vec epoch %d/%d: %.0f words/s, loss %.1f (per-epoch difference, indicative)",
+                self.epoch,
+                model.epochs,
+                n_words / max(elapsed, 1e-9),
+                loss - self.last_loss,
+            )
+            self.last_loss = loss
+
+    return EpochLog()
+
+
+def train_word2vec(corpus: SessionCorpus, params: Word2VecParams, seed: int) -> ItemVectors:
+    """Train skip-gram (or CBOW, ``params.sg=0``) with negative sampling on ``corpus``."""
+    from gensim.models import Word2Vec
+
+    counts = Counter(item for items in corpus for item in items)
+    n_words = sum(counts.values())
+    if not any(c >= params.min_count for c in counts.values()):
+        from embedding.errors import InputError
+
+        raise InputError(
+            f"no item occurs word2vec.min_count={params.min_count} times in the "
+            f"{len(corpus)} training sessions; lower min_count or widen the window"
+        )
+    model = Word2Vec(
+        vector_size=params.vector_size,
+        window=params.window,
+        negative=params.negative,
+        ns_exponent=params.ns_exponent,
+        sample=params.sample,
+        min_count=params.min_count,
+        alpha=params.alpha,
+        min_alpha=params.min_alpha,
+        sg=params.sg,
+        hs=0,
+        workers=params.workers,
+        seed=seed,
+        hashfxn=stable_hash,
+        compute_loss=True,
+    )
+    model.build_vocab(corpus)
+    started = time.monotonic()
+    model.train(
+        corpus,
+        total_examples=model.corpus_count,
+        epochs=params.epochs,
+        compute_loss=True,
+        callbacks=[_epoch_logger(n_words)],
+    )
+    wv = model.wv
+    ids = list(wv.index_to_key)
+    logger.info(
+        "word2vec: %d items (of %d seen), dim %d, %d epochs in %.1f s",
+        len(ids),
+        len(counts),
+        params.vector_size,
+        params.epochs,
+        time.monotonic() - started,
+    )
+    return ItemVectors(
+        ids=ids,
+        vectors=normalize_rows(np.asarray(wv.vectors, dtype=np.float32)),
+        counts=np.array([counts[i] for i in ids], dtype=np.int64),
+    )

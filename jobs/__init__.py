@@ -1,0 +1,1 @@
+"""Spark jobs: ingest and validate click logs, cut sessions, extract booking pairs."""

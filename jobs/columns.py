@@ -1,0 +1,26 @@
+"""Canonical column names (CONTRACTS §1) and the names of derived columns, in one place."""
+
+USER_ID = "user_id"
+TS = "ts"
+ITEM_ID = "item_id"
+EVENT = "event"
+SESSION_ID = "session_id"
+MARKET = "market"
+SEQ = "seq"
+SHOWN_ITEMS = "shown_items"
+
+SOURCE_SESSION_ID = "source_session_id"
+SOURCE_EVENT = "source_event"
+SOURCE_FILE = "source_file"
+REASON = "reason"
+DAY = "dt"
+
+ITEM_IDS = "item_ids"
+BOOKED_ITEMS = "booked_items"
+START_TS = "start_ts"
+N_EVENTS = "n_events"
+CONTEXT_ITEM = "context_item"
+BOOKED_ITEM = "booked_item"
+
+DROP = "drop"
+BOOK = "book"

@@ -1,0 +1,214 @@
+"""Ingest: read a click log (Parquet or CSV, file or folder), map it onto the contract, validate.
+
+Input: any source described by ``SourceConfig`` (column and event names mapped by config).
+Output: canonical events (``user_id, ts, item_id, event, market, seq, session_id, shown_items``)
+plus a quarantine frame of rejected rows with a ``reason``. Rows whose event is mapped to
+``drop`` are counted per source event type, never quarantined. Nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from embedding.config import IngestConfig, SourceConfig
+from embedding.errors import InputError
+from jobs import columns as C
+
+logger = logging.getLogger(__name__)
+
+MIN_TS = datetime(2000, 1, 1, tzinfo=UTC)
+DATA_SUFFIXES = {".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    path: Path
+    format: str
+    files: list[Path]
+    columns: list[str]
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
+
+
+def inspect_input(path: Path, source: SourceConfig) -> InputInfo:
+    """Check the input exists, holds data files of one format and has the mapped columns.
+
+    Runs before Spark starts, so bad input fails in a second with a message naming the file.
+    """
+    if not path.exists():
+        raise InputError(f"{path}: input not found")
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and p.suffix.lower() in DATA_SUFFIXES and not _is_hidden(p, path)
+        )
+        if not files:
+            raise InputError(f"{path}: no .parquet or .csv files found (empty folder?)")
+    formats = {DATA_SUFFIXES.get(p.suffix.lower(), "") for p in files}
+    if source.format != "auto":
+        fmt = source.format
+    elif len(formats) == 1 and "" not in formats:
+        fmt = formats.pop()
+    else:
+        raise InputError(
+            f"{path}: cannot tell the format (files end in {sorted(formats)}); "
+            "set source.format to parquet or csv"
+        )
+    missing_by_file: dict[Path, list[str]] = {}
+    header: list[str] = []
+    for file in files:
+        header = _read_header(file, fmt)
+        missing = [
+            f"'{src}' (source.columns.{canon})"
+            for canon, src in source.columns.present().items()
+            if src not in header
+        ]
+        if missing:
+            missing_by_file[file] = missing
+    if missing_by_file:
+        file, missing = next(iter(missing_by_file.items()))
+        more = f" (and {len(missing_by_file) - 1} more files)" if len(missing_by_file) > 1 else ""
+        raise InputError(
+            f"{file}: missing column {', '.join(missing)}{more}; map the source's column "
+            "under source.columns in the config"
+        )
+    return InputInfo(path=path, format=fmt, files=files, columns=header)
+
+
+def _read_header(file: Path, fmt: str) -> list[str]:
+    try:
+        if fmt == "parquet":
+            return list(pq.read_schema(file).names)
+        with file.open(newline="", encoding="utf-8") as handle:
+            return next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{file}: cannot read as {fmt} ({exc})") from exc
+
+
+def read_clicks(spark: SparkSession, info: InputInfo) -> DataFrame:
+    """Read the raw source rows, remembering which file each came from."""
+    reader = spark.read
+    if info.format == "csv":
+        raw = reader.option("header", True).option("inferSchema", False).csv(str(info.path))
+    else:
+        raw = reader.parquet(str(info.path))
+    return raw.withColumn(C.SOURCE_FILE, F.input_file_name())
+
+
+def _parse_ts(col: Column, dtype: T.DataType, kind: str) -> Column:
+    """Source time -> TIMESTAMP (UTC); unparsable values become null (quarantined later)."""
+    if kind == "epoch_ms":
+        return F.timestamp_millis(col.cast("long"))
+    if kind == "epoch_s":
+        return F.timestamp_seconds(col.cast("double"))
+    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.DateType)):
+        return col.cast("timestamp")
+    if isinstance(dtype, T.NumericType):
+        return F.timestamp_seconds(col.cast("double"))
+    as_number = col.cast("double")
+    return F.when(as_number.isNotNull(), F.timestamp_seconds(as_number)).otherwise(
+        F.to_timestamp(col)
+    )
+
+
+def _as_string(col: Column) -> Column:
+    trimmed = F.trim(col.cast("string"))
+    return F.when(trimmed == "", None).otherwise(trimmed)
+
+
+def map_columns(raw: DataFrame, source: SourceConfig) -> DataFrame:
+    """Rename and type the source columns; adds the mapped event (null = unmapped)."""
+    cols = source.columns
+    dtypes = dict((f.name, f.dataType) for f in raw.schema.fields)
+    event_map = F.create_map(*[F.lit(x) for kv in source.events.items() for x in kv])
+    source_event = _as_string(F.col(cols.event))
+    mapped = [
+        _as_string(F.col(cols.user_id)).alias(C.USER_ID),
+        _parse_ts(F.col(cols.ts), dtypes[cols.ts], source.ts_kind).alias(C.TS),
+        _as_string(F.col(cols.item_id)).alias(C.ITEM_ID),
+        source_event.alias(C.SOURCE_EVENT),
+        event_map[source_event].alias(C.EVENT),
+        (_as_string(F.col(cols.market)) if cols.market else F.lit(None).cast("string")).alias(
+            C.MARKET
+        ),
+        (F.col(cols.seq).cast("long") if cols.seq else F.lit(None).cast("long")).alias(C.SEQ),
+        (
+            _as_string(F.col(cols.session_id)) if cols.session_id else F.lit(None).cast("string")
+        ).alias(C.SOURCE_SESSION_ID),
+        _shown_items(raw, source).alias(C.SHOWN_ITEMS),
+        F.col(C.SOURCE_FILE),
+        F.struct(
+            *[F.col(c).cast("string").alias(c) for c in sorted(set(cols.present().values()))]
+        ).alias("raw"),
+    ]
+    return raw.select(*mapped)
+
+
+def _shown_items(raw: DataFrame, source: SourceConfig) -> Column:
+    name = source.columns.shown_items
+    if not name:
+        return F.lit(None).cast("array<string>")
+    dtype = raw.schema[name].dataType
+    if isinstance(dtype, T.ArrayType):
+        return F.col(name).cast("array<string>")
+    sep = source.list_separator
+    pattern = "".join(f"\\{ch}" if not ch.isalnum() else ch for ch in sep)
+    return F.when(F.col(name).isNull(), None).otherwise(
+        F.split(F.col(name).cast("string"), pattern)
+    )
+
+
+def quarantine_reason(ingest: IngestConfig, ts_max: datetime | None) -> Column:
+    """First failed check of a mapped row, or null for a valid row (drop rows are never bad)."""
+    too_long = (F.length(C.USER_ID) > ingest.max_id_length) | (
+        F.length(C.ITEM_ID) > ingest.max_id_length
+    )
+    late = F.lit(False) if ts_max is None else F.col(C.TS) >= F.lit(ts_max)
+    return (
+        F.when(F.col(C.SOURCE_EVENT).isNull(), "missing_event")
+        .when(F.col(C.EVENT).isNull(), "unknown_event")
+        .when(F.col(C.EVENT) == C.DROP, None)
+        .when(F.col(C.USER_ID).isNull(), "missing_user_id")
+        .when(F.col(C.ITEM_ID).isNull(), "missing_item_id")
+        .when(F.col(C.TS).isNull(), "bad_ts")
+        .when((F.col(C.TS) < F.lit(MIN_TS)) | late, "ts_out_of_range")
+        .when(too_long, "id_too_long")
+    )
+
+
+@dataclass(frozen=True)
+class ValidatedClicks:
+    events: DataFrame  # valid item events, canonical columns plus ``dt``
+    quarantined: DataFrame  # source columns (as strings), reason, source_file
+    dropped: DataFrame  # rows mapped to drop
+
+
+def split_valid(
+    mapped: DataFrame, ingest: IngestConfig, ts_max: datetime | None = None
+) -> ValidatedClicks:
+    """Split mapped rows into valid events, quarantined rows and dropped (non-item) rows."""
+    flagged = mapped.withColumn(C.REASON, quarantine_reason(ingest, ts_max))
+    quarantined = flagged.where(F.col(C.REASON).isNotNull()).select(
+        "raw.*", C.REASON, C.SOURCE_FILE
+    )
+    dropped = flagged.where(F.col(C.REASON).isNull() & (F.col(C.EVENT) == C.DROP))
+    events = (
+        flagged.where(F.col(C.REASON).isNull() & (F.col(C.EVENT) != C.DROP))
+        .drop(C.REASON, "raw")
+        .withColumn(C.DAY, F.date_format(C.TS, "yyyy-MM-dd"))
+    )
+    return ValidatedClicks(events=events, quarantined=quarantined, dropped=dropped)

@@ -1,0 +1,79 @@
+"""``python -m serving --publish-root DIR``: serve CURRENT's item vectors over HTTP (uvicorn).
+
+Exit codes: 2 when the publish root or the config is unusable (one line on stderr); otherwise
+uvicorn's (3 when the app fails to start, e.g. the version named by CURRENT fails its checks).
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from embedding import PROJECT_ROOT
+from embedding.errors import EmbeddingError
+
+DEFAULT_CONF = PROJECT_ROOT / "conf" / "default.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving", description="Serve item neighbours from a publish root."
+    )
+    parser.add_argument("--publish-root", type=Path, required=True, help="folder holding CURRENT")
+    parser.add_argument(
+        "--conf",
+        type=Path,
+        default=None,
+        help=f"config file (default: {DEFAULT_CONF} if present, else built-in defaults)",
+    )
+    parser.add_argument("--host", default=None, help="bind address (default: serving.host)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: serving.port)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    return parser.parse_args(argv)
+
+
+def fail(message: str) -> None:
+    """The CLI's one stderr line for an error the user can fix."""
+    sys.stderr.write(f"error: {message}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not args.publish_root.is_dir():
+        fail(
+            f"publish root {args.publish_root} does not exist; "
+            "pass the folder the pipeline publishes to"
+        )
+        return 2
+
+    # heavier imports only once the arguments are fine
+    from embedding.config import load_config
+
+    conf = (
+        args.conf if args.conf is not None else (DEFAULT_CONF if DEFAULT_CONF.is_file() else None)
+    )
+    try:
+        serving_cfg = load_config(conf).serving
+    except EmbeddingError as exc:
+        fail(str(exc))
+        return 2
+    host = args.host or serving_cfg.host
+    port = args.port if args.port is not None else serving_cfg.port
+    if not 0 < port < 65536:
+        fail(f"--port {port} is not a TCP port (1-65535)")
+        return 2
+
+    import uvicorn
+
+    from serving.app import create_app
+
+    app = create_app(args.publish_root.resolve(), serving_cfg)
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, log_config=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Dependencies shared by the routers: the version being served, read from ``app.state``.
+
+``app.state.loaded`` is the single reference a reload swaps; a handler takes it once through
+``LoadedDep`` and uses that object for the whole request, so one answer never mixes versions.
+"""
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+
+from serving.model import LoadedVersion
+
+
+def get_loaded_or_none(request: Request) -> LoadedVersion | None:
+    return request.app.state.loaded
+
+
+def get_loaded(request: Request) -> LoadedVersion:
+    loaded = request.app.state.loaded
+    if loaded is None:
+        raise HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"no version loaded: {request.app.state.publish_root} has no CURRENT yet",
+        )
+    return loaded
+
+
+LoadedDep = Annotated[LoadedVersion, Depends(get_loaded)]
+MaybeLoadedDep = Annotated[LoadedVersion | None, Depends(get_loaded_or_none)]
