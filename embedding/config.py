@@ -190,6 +190,10 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """'a.b=v' -> ('a.b', v) with v parsed as a YAML scalar ('10' -> 10, 'null' -> None)."""
     key, sep, raw = item.partition("=")
@@ -198,7 +202,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({_one_line(exc)})") from exc
     return key.strip(), value
 
 
@@ -222,7 +226,7 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+            raise ConfigError(f"{path}: not valid YAML ({_one_line(exc)})") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         tree = loaded

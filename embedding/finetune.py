@@ -204,7 +204,9 @@ def finetune(
             if stale >= params.patience:
                 logger.info("early stop after epoch %d (best epoch %d)", epoch, stats.best_epoch)
                 break
-    tuned = ItemVectors(
-        ids=base.ids, vectors=normalize_rows(best.cpu().numpy()), counts=base.counts
-    )
+    final = best.cpu().numpy()
+    moved = ~np.all(final == base.vectors, axis=1)  # rows with no pairs stay bit-identical
+    vectors = base.vectors.copy()
+    vectors[moved] = normalize_rows(final[moved])
+    tuned = ItemVectors(ids=base.ids, vectors=vectors, counts=base.counts)
     return tuned, stats

@@ -34,6 +34,7 @@ def get_spark(cfg: SparkConfig, app_name: str = "item-embeddings") -> SparkSessi
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.sql.ansi.enabled", "false")
         .config("spark.sql.parquet.inferTimestampNTZ.enabled", "false")
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .getOrCreate()

@@ -1,0 +1,1 @@
+"""Benchmarks (STYLE rule 15): run via ``make bench``, never collected by pytest."""

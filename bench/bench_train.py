@@ -1,0 +1,399 @@
+"""Skip-gram training throughput: the project's ``train_word2vec`` against raw gensim.
+
+Generates a ``standard`` synthetic click log (seed 7, 8 days) into a temporary folder and builds
+session item lists without Spark (the benchmark measures training, not sessionization): rows
+sorted by ``(user_id, ts)``, a new session where the user changes or the gap exceeds 30 min,
+consecutive repeats collapsed, sessions with at least 2 distinct items kept. Unlike
+``jobs.sessionize`` it does not cut at UTC midnight nor cap the session length.
+
+Both methods train on the same corpus with the same ``Word2VecParams`` (defaults, ``workers=2``,
+``epochs=10``) and seed:
+
+- ``project``: ``train_word2vec(SessionCorpus(...), params, seed)`` (the extra work is a Counter
+  pass, a stable hash, loss tracking, the epoch log and row normalisation);
+- ``reference``: ``gensim.models.Word2Vec(sentences=<list of lists>, ...)`` with the same knobs
+  and nothing else (the same-run reference of STYLE rule 15).
+
+Reported per method: median and best wall time of ``--repeats`` runs, words/s (corpus tokens x
+epochs / median time), the ratio project / reference, and a quality figure from the ground truth:
+the same-cluster share among the 10 nearest neighbours (cosine) of every item occurring at least
+5 times. With ``workers=2`` runs are not bit-identical, so the quality figures differ slightly.
+Peak RSS of the whole process is read at the end.
+
+Usage::
+
+    python -m bench.bench_train [--events 200000] [--repeats 3] [--out bench/results/train.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from embedding import PROJECT_ROOT
+from embedding.config import SessionizeConfig, Word2VecParams
+from embedding.generate import GROUND_TRUTH_FILE, generate_clicklog
+from embedding.train_w2v import SessionCorpus, normalize_rows, train_word2vec
+
+logger = logging.getLogger("bench.bench_train")
+
+SEED = 7  # generator seed and training seed
+DAYS = 8
+PROFILE = "standard"
+K = 10  # neighbours for the same-cluster figure
+MIN_OCCURRENCES = 5  # items queried for the same-cluster figure
+QUERY_CHUNK = 2048  # query rows per similarity block (bounds the (chunk, vocab) matrix)
+DEFAULT_OUT = Path("bench/results/train.json")
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """Session item lists built without Spark; ``booked`` marks sessions with a booking."""
+
+    items: list[list[str]]
+    booked: list[bool]
+    n_events: int
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(s) for s in self.items)
+
+
+@dataclass
+class MethodResult:
+    """Wall times of one method and the same-cluster@K of each run's vectors."""
+
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    same_cluster: list[float] = field(default_factory=list)
+    n_items: int = 0
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def best_s(self) -> float:
+        return min(self.seconds)
+
+
+def build_sessions(log_dir: Path, rules: SessionizeConfig) -> Sessions:
+    """Cut sessions from the Parquet click log with pyarrow and numpy (no Spark)."""
+    table = pq.read_table(log_dir, columns=["user_id", "ts", "item_id", "event"])
+    table = table.sort_by([("user_id", "ascending"), ("ts", "ascending")])
+    n = table.num_rows
+    users = pc.dictionary_encode(table["user_id"]).combine_chunks()
+    items = pc.dictionary_encode(table["item_id"]).combine_chunks()
+    user_codes = users.indices.to_numpy(zero_copy_only=False)  # (n,)
+    item_codes = items.indices.to_numpy(zero_copy_only=False)  # (n,)
+    item_names = items.dictionary.to_pylist()
+    ts_us = table["ts"].combine_chunks().cast("int64").to_numpy(zero_copy_only=False)  # (n,)
+    booked_rows = pc.equal(table["event"], "book").combine_chunks().to_numpy(zero_copy_only=False)
+
+    starts = np.ones(n, dtype=bool)  # (n,) True where a session starts
+    gap_us = int(rules.gap_minutes * 60 * 1_000_000)
+    starts[1:] = (user_codes[1:] != user_codes[:-1]) | (ts_us[1:] - ts_us[:-1] > gap_us)
+    session_of_row = np.cumsum(starts) - 1  # (n,)
+    keep = np.ones(n, dtype=bool)  # (n,) False for a consecutive repeat inside a session
+    if rules.collapse_repeats:
+        keep[1:] = starts[1:] | (item_codes[1:] != item_codes[:-1])
+    n_sessions = int(session_of_row[-1]) + 1 if n else 0
+    booked_sessions = np.zeros(n_sessions, dtype=bool)
+    booked_sessions[session_of_row[booked_rows]] = True
+
+    kept_items = item_codes[keep]
+    bounds = np.flatnonzero(starts[keep])  # session starts within the kept rows
+    out_items: list[list[str]] = []
+    out_booked: list[bool] = []
+    for s, (lo, hi) in enumerate(zip(bounds, [*bounds[1:], kept_items.size], strict=True)):
+        codes = kept_items[lo:hi]
+        if len(set(codes.tolist())) < rules.min_distinct_items:
+            continue
+        out_items.append([item_names[c] for c in codes.tolist()])
+        out_booked.append(bool(booked_sessions[s]))
+    logger.info(
+        "sessions: %d events -> %d sessions, %d kept (>= %d distinct items)",
+        n,
+        n_sessions,
+        len(out_items),
+        rules.min_distinct_items,
+    )
+    return Sessions(items=out_items, booked=out_booked, n_events=n)
+
+
+def same_cluster_at_k(
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    cluster_of: dict[str, str],
+    counts: Counter[str],
+    k: int = K,
+    min_occurrences: int = MIN_OCCURRENCES,
+) -> float:
+    """Mean share of the k nearest neighbours (cosine, self excluded) in the query's cluster.
+
+    ``vectors`` is (n_items, dim), rows L2-normalised; queries are the items occurring at least
+    ``min_occurrences`` times in the corpus, neighbours come from all of ``ids``.
+    """
+    clusters = {c: i for i, c in enumerate(sorted(set(cluster_of.values())))}
+    item_cluster = np.array([clusters.get(cluster_of.get(i, ""), -1) for i in ids])  # (n_items,)
+    queries = np.array(
+        [row for row, item in enumerate(ids) if counts[item] >= min_occurrences], dtype=np.int64
+    )
+    if queries.size == 0 or len(ids) <= k:
+        return float("nan")
+    hits = 0
+    for lo in range(0, queries.size, QUERY_CHUNK):
+        rows = queries[lo : lo + QUERY_CHUNK]  # (q,)
+        sims = vectors[rows] @ vectors.T  # (q, n_items)
+        sims[np.arange(rows.size), rows] = -np.inf  # not its own neighbour
+        top = np.argpartition(-sims, k, axis=1)[:, :k]  # (q, k), unordered
+        hits += int((item_cluster[top] == item_cluster[rows][:, None]).sum())
+    return hits / (queries.size * k)
+
+
+def run_project(sessions: Sessions, params: Word2VecParams) -> tuple[float, list[str], np.ndarray]:
+    corpus = SessionCorpus(sessions.items, sessions.booked, params.booked_oversample)
+    started = time.perf_counter()
+    result = train_word2vec(corpus, params, SEED)
+    elapsed = time.perf_counter() - started
+    return elapsed, result.ids, result.vectors
+
+
+def run_reference(
+    sessions: Sessions, params: Word2VecParams
+) -> tuple[float, list[str], np.ndarray]:
+    from gensim.models import Word2Vec
+
+    started = time.perf_counter()
+    model = Word2Vec(
+        sentences=sessions.items,
+        vector_size=params.vector_size,
+        window=params.window,
+        negative=params.negative,
+        ns_exponent=params.ns_exponent,
+        sample=params.sample,
+        min_count=params.min_count,
+        alpha=params.alpha,
+        min_alpha=params.min_alpha,
+        sg=params.sg,
+        workers=params.workers,
+        epochs=params.epochs,
+        seed=SEED,
+    )
+    elapsed = time.perf_counter() - started
+    return elapsed, list(model.wv.index_to_key), normalize_rows(np.asarray(model.wv.vectors))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def git_dirty() -> bool | None:
+    """True when the working tree has changes against ``commit`` (None: not a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip())
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def print_table(results: Sequence[MethodResult], reference: MethodResult, words: int) -> None:
+    header = (
+        f"{'method':<10} {'median s':>9} {'best s':>8} {'words/s':>11} "
+        f"{'ratio to ref':>12} {'same-cluster@' + str(K):>16}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r.name:<10} {r.median_s:>9.3f} {r.best_s:>8.3f} {words / r.median_s:>11,.0f} "
+            f"{r.median_s / reference.median_s:>12.3f} "
+            f"{statistics.median(r.same_cluster):>16.4f}"
+        )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_train", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--events", type=int, default=200_000, help="click events to generate")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON")
+    args = parser.parse_args(argv)
+    if args.events < 1 or args.repeats < 1:
+        parser.error("--events and --repeats must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("gensim").setLevel(logging.WARNING)
+    params = Word2VecParams(workers=2, epochs=10)
+    rules = SessionizeConfig()
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        log_dir = Path(tmp) / "clicks"
+        logger.info("generating %d events (%s, seed %d, %d days)", args.events, PROFILE, SEED, DAYS)
+        generate_clicklog(log_dir, events=args.events, days=DAYS, profile=PROFILE, seed=SEED)
+        sessions = build_sessions(log_dir, rules)
+        truth = pq.read_table(log_dir / GROUND_TRUTH_FILE, columns=["item_id", "cluster"])
+    cluster_of = dict(zip(truth["item_id"].to_pylist(), truth["cluster"].to_pylist(), strict=True))
+    counts = Counter(item for items in sessions.items for item in items)
+    corpus_tokens = sum(
+        len(items) * (params.booked_oversample if booked else 1)
+        for items, booked in zip(sessions.items, sessions.booked, strict=True)
+    )
+    words = corpus_tokens * params.epochs
+    rss_before_mib = peak_rss_mib()
+    import gensim.models  # imported before timing, so no run pays for the import
+
+    load_before = os.getloadavg()
+
+    methods: dict[str, Callable[[Sessions, Word2VecParams], tuple[float, list[str], np.ndarray]]]
+    methods = {"project": run_project, "reference": run_reference}
+    results = {name: MethodResult(name) for name in methods}
+    for repeat in range(args.repeats):
+        order = list(methods) if repeat % 2 == 0 else list(reversed(methods))  # spread drift
+        for name in order:
+            seconds, ids, vectors = methods[name](sessions, params)
+            quality = same_cluster_at_k(ids, vectors, cluster_of, counts)
+            results[name].seconds.append(seconds)
+            results[name].same_cluster.append(quality)
+            results[name].n_items = len(ids)
+            logger.info(
+                "repeat %d/%d %s: %.3f s, %d items, same-cluster@%d %.4f",
+                repeat + 1,
+                args.repeats,
+                name,
+                seconds,
+                len(ids),
+                K,
+                quality,
+            )
+    peak_mib = peak_rss_mib()
+    load_after = os.getloadavg()
+    project, reference = results["project"], results["reference"]
+
+    print_table(list(results.values()), reference, words)
+    print(
+        f"corpus: {len(sessions.items):,} sessions, {corpus_tokens:,} tokens x {params.epochs} "
+        f"epochs; {sum(c >= MIN_OCCURRENCES for c in counts.values()):,} query items "
+        f"(>= {MIN_OCCURRENCES} occurrences); peak RSS {peak_mib:,.0f} MiB "
+        f"({rss_before_mib:,.0f} MiB before training); load avg {load_before[0]:.2f} -> "
+        f"{load_after[0]:.2f} on {os.cpu_count()} CPUs"
+    )
+
+    report = {
+        "benchmark": "train",
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "dirty": git_dirty(),
+        "machine": {
+            "node": platform.node(),
+            "processor": platform.processor(),
+            "arch": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            # 1-min load average around the timed runs: other work on the machine shows here
+            "load_avg_1m_before": load_before[0],
+            "load_avg_1m_after": load_after[0],
+        },
+        "versions": {"python": platform.python_version(), "gensim": gensim.__version__},
+        "parameters": {
+            "events": args.events,
+            "days": DAYS,
+            "profile": PROFILE,
+            "seed": SEED,
+            "repeats": args.repeats,
+            "sessionize": {
+                "gap_minutes": rules.gap_minutes,
+                "collapse_repeats": rules.collapse_repeats,
+                "min_distinct_items": rules.min_distinct_items,
+            },
+            "word2vec": params.model_dump(),
+            "quality": {"k": K, "min_occurrences": MIN_OCCURRENCES},
+        },
+        "corpus": {
+            "events": sessions.n_events,
+            "sessions": len(sessions.items),
+            "booked_sessions": sum(sessions.booked),
+            "tokens": corpus_tokens,
+            "distinct_items": len(counts),
+            "query_items": sum(c >= MIN_OCCURRENCES for c in counts.values()),
+        },
+        "results": {
+            r.name: {
+                "seconds": r.seconds,
+                "median_s": r.median_s,
+                "best_s": r.best_s,
+                "words_per_s_median": words / r.median_s,
+                "words_per_s_best": words / r.best_s,
+                "ratio_to_reference_median": r.median_s / reference.median_s,
+                "ratio_to_reference_best": r.best_s / reference.best_s,
+                "items": r.n_items,
+                f"same_cluster_at_{K}": r.same_cluster,
+                f"same_cluster_at_{K}_median": statistics.median(r.same_cluster),
+            }
+            for r in results.values()
+        },
+        "ratios": {
+            "time_median": project.median_s / reference.median_s,
+            "time_best": project.best_s / reference.best_s,
+            f"same_cluster_at_{K}_median": statistics.median(project.same_cluster)
+            / statistics.median(reference.same_cluster),
+        },
+        "peak_rss_mib": peak_mib,
+        "peak_rss_mib_before_training": rss_before_mib,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    logger.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Shared fixtures: one Spark session per test run, an isolated Airflow home, small real data.
+
+Environment for Airflow is set here, before anything imports airflow, so ``dag.test()`` runs
+against a throwaway SQLite metadata DB migrated once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TRIVAGO = SHARED_DATA / "trivago_100k.parquet"
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-test-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYTHONHASHSEED", "0")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import logging  # noqa: E402
+
+from embedding.config import Config, load_config  # noqa: E402
+
+logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def small_config(**overrides: object) -> Config:
+    """A fast config for tests: tiny Spark, fewer epochs, deterministic gensim."""
+    items = {
+        "spark.shuffle_partitions": 2,
+        "word2vec.workers": 1,
+        "word2vec.epochs": 5,
+        "finetune.epochs": 3,
+        **overrides,
+    }
+    return load_config(ROOT / "conf" / "default.yaml", [f"{k}={v}" for k, v in items.items()])
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from embedding.config import SparkConfig
+    from jobs.spark import get_spark
+
+    session = get_spark(SparkConfig(master="local[2]", driver_memory="2g", shuffle_partitions=2))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def generated_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `standard` profile log: 200k events over 8 days (the same as `make run`'s sample)."""
+    from embedding.generate import generate_clicklog
+
+    out = tmp_path_factory.mktemp("gen") / "clicks"
+    generate_clicklog(out, events=200_000, days=8, profile="standard", seed=7)
+    return out
+
+
+@pytest.fixture(scope="session")
+def generated_run(generated_log: Path, tmp_path_factory: pytest.TempPathFactory, spark) -> dict:
+    """The whole pipeline once over the generated log (CLI path), shared by several tests."""
+    from embedding.pipeline import resolve_paths, run_pipeline
+
+    cfg = small_config()
+    root = tmp_path_factory.mktemp("pub")
+    paths = resolve_paths(cfg, generated_log, root)
+    result = run_pipeline(cfg, paths)
+    return {"cfg": cfg, "paths": paths, "result": result, "root": root}
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Migrate a fresh SQLite metadata DB once for the session."""
+    from airflow.utils import db
+
+    db.resetdb()
+    return _AIRFLOW_HOME

@@ -1,0 +1,173 @@
+"""End to end over a generated log: cluster recovery, publishing guarantees, reruns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from embedding import publish
+from embedding.checksum import file_sha256
+from embedding.errors import PublishError
+from embedding.pipeline import run_pipeline
+from embedding.train_w2v import ItemVectors, normalize_rows
+from embedding.vectors_io import VECTORS_FILE, read_vectors
+
+pytestmark = pytest.mark.slow
+
+
+def same_cluster_share(vectors: ItemVectors, cluster_of: dict[str, str], k: int = 10) -> np.ndarray:
+    """Per item: share of its k nearest neighbours (cosine) that sit in its planted cluster."""
+    scores = vectors.vectors @ vectors.vectors.T
+    np.fill_diagonal(scores, -np.inf)
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    clusters = np.array([cluster_of[i] for i in vectors.ids])
+    return (clusters[top] == clusters[:, None]).mean(axis=1)
+
+
+def test_run_publishes_a_complete_version(generated_run: dict) -> None:
+    result, root = generated_run["result"], generated_run["root"]
+    version = result["publish"]["version"]
+    assert publish.read_current(root) == version
+    assert version.startswith("20260108-")
+    manifest = publish.verify_version(root / "versions" / version)
+    assert manifest["data_interval"] == {"start": "2026-01-01", "end": "2026-01-09"}
+    assert manifest["gate"]["passed"] is True
+    assert (
+        manifest["n_items"] == pq.read_metadata(root / "versions" / version / VECTORS_FILE).num_rows
+    )
+    assert set(manifest["files"]) == {VECTORS_FILE}
+    assert manifest["params"]["word2vec"]["workers"] == 1
+    vectors, markets = read_vectors(root / "versions" / version / VECTORS_FILE)
+    np.testing.assert_allclose(np.linalg.norm(vectors.vectors, axis=1), 1.0, atol=1e-5)
+    assert all(m is not None for m in markets.values())
+
+
+def test_vectors_recover_the_planted_clusters(generated_run: dict, generated_log: Path) -> None:
+    truth = pq.read_table(generated_log / "_ground_truth.parquet").to_pylist()
+    cluster_of = {row["item_id"]: row["cluster"] for row in truth}
+    root = generated_run["root"]
+    version = publish.read_current(root)
+    vectors, _ = read_vectors(root / "versions" / version / VECTORS_FILE)
+    share = same_cluster_share(vectors, cluster_of)
+    seen = vectors.counts >= 5
+    # chance: 19 same-cluster items among ~10k others, about 0.002
+    assert share[seen].mean() >= 0.5, share[seen].mean()
+    assert np.average(share, weights=vectors.counts) >= 0.5
+
+
+def test_finetuned_beats_popularity_on_the_holdout(generated_run: dict) -> None:
+    metrics = generated_run["result"]["metrics"]
+    assert metrics["holdout"] == "last_day (2026-01-08)"
+    assert metrics["finetuned"]["hr@10"] > metrics["popularity"]["hr@10"]
+    assert metrics["word2vec"]["hr@10"] > metrics["popularity"]["hr@10"]
+    assert 0.5 < metrics["coverage"] <= 1.0
+
+
+def test_rerun_finds_the_version_already_published(generated_run: dict) -> None:
+    cfg, paths, root = generated_run["cfg"], generated_run["paths"], generated_run["root"]
+    version = generated_run["result"]["publish"]["version"]
+    vectors = root / "versions" / version / VECTORS_FILE
+    before = file_sha256(vectors)
+    again = run_pipeline(cfg, paths)
+    assert again["publish"]["version"] == version
+    assert again["publish"]["already_published"] is True
+    assert file_sha256(vectors) == before
+    assert publish.read_current(root) == version
+
+
+def _vectors(n: int = 50, dim: int = 8, seed: int = 0) -> ItemVectors:
+    rng = np.random.default_rng(seed)
+    return ItemVectors(
+        ids=[f"i{i:03d}" for i in range(n)],
+        vectors=normalize_rows(rng.normal(size=(n, dim)).astype(np.float32)),
+        counts=np.arange(n, dtype=np.int64),
+    )
+
+
+def _tree_checksums(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): file_sha256(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".tmp" not in p.parts
+    }
+
+
+class Boom(Exception):
+    pass
+
+
+def _fail_at(step: str):  # noqa: ANN202
+    def hook(current: str) -> None:
+        if current == step:
+            raise Boom(step)
+
+    return hook
+
+
+@pytest.mark.parametrize("step", publish.STEPS)
+def test_publish_failing_at_any_step_leaves_current_and_old_version(
+    tmp_path: Path, step: str
+) -> None:
+    old = publish.publish_version(tmp_path, "20260101-aaaaaaaa", _vectors(seed=1), {}, {})
+    before = _tree_checksums(tmp_path)
+    with pytest.raises(Boom):
+        publish.publish_version(
+            tmp_path, "20260102-bbbbbbbb", _vectors(seed=2), {}, {}, fault=_fail_at(step)
+        )
+    assert publish.read_current(tmp_path) == old.version
+    after = _tree_checksums(tmp_path)
+    assert {k: v for k, v in after.items() if "20260102" not in k} == before
+    assert not any((tmp_path / publish.TMP).iterdir())  # no temp leftovers
+    new_dir = tmp_path / "versions" / "20260102-bbbbbbbb"
+    if step in ("after_rename", "before_current"):
+        publish.verify_version(new_dir)  # visible only complete
+    else:
+        assert not new_dir.exists()
+    # a rerun finishes the publish
+    done = publish.publish_version(tmp_path, "20260102-bbbbbbbb", _vectors(seed=2), {}, {})
+    assert done.already_published == (step in ("after_rename", "before_current"))
+    assert publish.read_current(tmp_path) == "20260102-bbbbbbbb"
+
+
+def test_current_only_moves_forward(tmp_path: Path) -> None:
+    publish.publish_version(tmp_path, "20260105-aaaaaaaa", _vectors(), {}, {})
+    older = publish.publish_version(tmp_path, "20260103-bbbbbbbb", _vectors(seed=3), {}, {})
+    assert older.current_moved is False
+    assert publish.read_current(tmp_path) == "20260105-aaaaaaaa"
+    publish.verify_version(tmp_path / "versions" / "20260103-bbbbbbbb")
+
+
+def test_a_corrupted_version_is_not_taken_as_published(tmp_path: Path) -> None:
+    publish.publish_version(tmp_path, "20260105-aaaaaaaa", _vectors(), {}, {})
+    target = tmp_path / "versions" / "20260105-aaaaaaaa" / VECTORS_FILE
+    target.write_bytes(target.read_bytes() + b"x")
+    assert not publish.is_published(tmp_path, "20260105-aaaaaaaa")
+    with pytest.raises(PublishError, match="not a complete version"):
+        publish.publish_version(tmp_path, "20260105-aaaaaaaa", _vectors(), {}, {})
+
+
+def test_manifest_records_parameters_and_interval(generated_run: dict) -> None:
+    root = generated_run["root"]
+    version = publish.read_current(root)
+    manifest = json.loads((root / "versions" / version / "manifest.json").read_text())
+    for key in (
+        "contract_version",
+        "version",
+        "created_at",
+        "dim",
+        "n_items",
+        "data_interval",
+        "params",
+        "metrics",
+        "gate",
+        "files",
+        "code_hash",
+        "config_hash",
+        "input_hashes",
+    ):
+        assert key in manifest, key
+    assert manifest["ingest"]["rows_read"] == 200_000
