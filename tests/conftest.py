@@ -39,8 +39,7 @@ def small_config(**overrides: object) -> Config:
     items = {
         "spark.shuffle_partitions": 2,
         "word2vec.workers": 1,
-        "word2vec.epochs": 5,
-        "finetune.epochs": 3,
+        "finetune.epochs": 5,
         **overrides,
     }
     return load_config(ROOT / "conf" / "default.yaml", [f"{k}={v}" for k, v in items.items()])

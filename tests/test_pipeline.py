@@ -100,7 +100,7 @@ class Boom(Exception):
     pass
 
 
-def _fail_at(step: str):  # noqa: ANN202
+def _fail_at(step: str):
     def hook(current: str) -> None:
         if current == step:
             raise Boom(step)

@@ -152,7 +152,8 @@ def test_csv_with_epoch_seconds_and_source_names(spark, tmp_path: Path) -> None:
     )
     cfg = small_config(
         **{
-            "source.columns": "{user_id: uid, ts: time, item_id: hotel, event: action, market: city}",
+            "source.columns": "{user_id: uid, ts: time, item_id: hotel, event: action, "
+            "market: city}",
             "source.events": "{img: view, clickout: book}",
             "ingest.max_bad_share": 0.5,
         }
