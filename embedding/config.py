@@ -124,7 +124,7 @@ class GateConfig(_Frozen):
     """The published vectors must reach these next-item figures on the holdout."""
 
     metric: Literal["hr@10", "mrr@20"] = "hr@10"
-    min_value: float = Field(0.0, ge=0)
+    min_value: float = Field(0.01, ge=0)
     min_lift_over_popularity: float = Field(1.0, ge=0)  # candidate / popularity baseline
 
 

@@ -26,6 +26,7 @@ from jobs import columns as C
 logger = logging.getLogger(__name__)
 
 MIN_TS = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_TS = datetime(2100, 1, 1, tzinfo=UTC)  # sanity bound when no interval end is known
 DATA_SUFFIXES = {".parquet": "parquet", ".csv": "csv"}
 
 
@@ -177,7 +178,7 @@ def quarantine_reason(ingest: IngestConfig, ts_max: datetime | None) -> Column:
     too_long = (F.length(C.USER_ID) > ingest.max_id_length) | (
         F.length(C.ITEM_ID) > ingest.max_id_length
     )
-    late = F.lit(False) if ts_max is None else F.col(C.TS) >= F.lit(ts_max)
+    late = F.col(C.TS) >= F.lit(ts_max or MAX_TS)
     return (
         F.when(F.col(C.SOURCE_EVENT).isNull(), "missing_event")
         .when(F.col(C.EVENT).isNull(), "unknown_event")

@@ -38,13 +38,15 @@ import pyarrow.parquet as pq
 from embedding.checksum import file_sha256
 from embedding.config import ServingConfig
 from embedding.errors import EmbeddingError
+from embedding.publish import CURRENT, MANIFEST, VERSIONS
+from embedding.vectors_io import VECTORS_FILE
 
 logger = logging.getLogger(__name__)
 
-CURRENT_FILE = "CURRENT"
-VERSIONS_DIR = "versions"
-VECTORS_FILE = "item_vectors.parquet"
-MANIFEST_FILE = "manifest.json"
+# the published layout's names come from the publisher (CONTRACTS §2)
+CURRENT_FILE = CURRENT
+VERSIONS_DIR = VERSIONS
+MANIFEST_FILE = MANIFEST
 
 NORM_TOLERANCE = 1e-3  # |‖v‖ - 1| above this means the publisher did not normalise
 EXACT_SEARCH_MAX_ITEMS = 1000  # below this, brute force is as fast as HNSW and exact

@@ -79,6 +79,25 @@ def test_rerun_finds_the_version_already_published(generated_run: dict) -> None:
     assert publish.read_current(root) == version
 
 
+def test_failed_gate_records_the_candidate_and_keeps_current(generated_run: dict) -> None:
+    from embedding.errors import QualityGateError
+
+    paths, root = generated_run["paths"], generated_run["root"]
+    current = publish.read_current(root)
+    strict = generated_run["cfg"].model_copy(
+        update={"gate": generated_run["cfg"].gate.model_copy(update={"min_value": 0.99})}
+    )
+    with pytest.raises(QualityGateError, match="quality gate failed") as failure:
+        run_pipeline(strict, paths)
+    assert failure.value.exit_code == 3
+    assert publish.read_current(root) == current
+    rejected = [p.name for p in (root / publish.REJECTED).iterdir()]
+    assert len(rejected) == 1 and rejected[0] != current
+    assert not (root / "versions" / rejected[0]).exists()
+    manifest = json.loads((root / publish.REJECTED / rejected[0] / "manifest.json").read_text())
+    assert manifest["gate"]["passed"] is False
+
+
 def _vectors(n: int = 50, dim: int = 8, seed: int = 0) -> ItemVectors:
     rng = np.random.default_rng(seed)
     return ItemVectors(
