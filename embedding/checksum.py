@@ -8,7 +8,6 @@ published version against corruption.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,18 +23,39 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def table_content_hash(tables: Sequence[pa.Table], sort_keys: Sequence[str]) -> str:
-    """sha256 over the rows of ``tables`` sorted by ``sort_keys`` (columns in name order)."""
-    digest = hashlib.sha256()
+def _canonical_type(dtype: pa.DataType) -> pa.DataType:
+    """One spelling per logical type, whoever wrote the file (Spark, DuckDB, pyarrow)."""
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        return pa.list_(pa.field("item", _canonical_type(dtype.value_type)))
+    if pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return pa.string()
+    if pa.types.is_timestamp(dtype):
+        return pa.timestamp("us", tz="UTC" if dtype.tz else None)
+    return dtype
+
+
+def canonical_table(tables: Sequence[pa.Table], sort_keys: Sequence[str]) -> pa.Table | None:
+    """Concatenate, normalise the schema (names sorted, no metadata), sort by ``sort_keys``."""
     non_empty = [t for t in tables if t.num_rows]
     if not non_empty:
+        return None
+    fields = sorted(non_empty[0].schema, key=lambda f: f.name)
+    schema = pa.schema([pa.field(f.name, _canonical_type(f.type)) for f in fields])
+    table = pa.concat_tables([t.select(schema.names).cast(schema) for t in non_empty])
+    return table.sort_by([(key, "ascending") for key in sort_keys]).combine_chunks()
+
+
+def table_content_hash(tables: Sequence[pa.Table], sort_keys: Sequence[str]) -> str:
+    """sha256 over the rows of ``tables`` sorted by ``sort_keys`` (Arrow IPC of a canonical
+    schema: column order, metadata and nullability flags do not count)."""
+    digest = hashlib.sha256()
+    table = canonical_table(tables, sort_keys)
+    if table is None:
         return digest.hexdigest()
-    table = pa.concat_tables(non_empty, promote_options="permissive")
-    table = table.select(sorted(table.column_names))
-    table = table.sort_by([(key, "ascending") for key in sort_keys])
-    digest.update(json.dumps(table.column_names).encode())
-    for batch in table.to_batches(max_chunksize=50_000):
-        digest.update(json.dumps(batch.to_pylist(), default=str).encode())
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1 << 20)
+    digest.update(sink.getvalue())
     return digest.hexdigest()
 
 

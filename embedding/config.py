@@ -37,7 +37,8 @@ class ColumnMap(_Frozen):
     session_id: str | None = None  # when set, the source's sessions are used instead of the gap
     market: str | None = "market"
     seq: str | None = None  # order of events sharing a ts (trivago: step)
-    shown_items: str | None = None
+    shown_items: str | None = None  # items on screen at the event (trivago: impressions)
+    shown_prices: str | None = None  # prices aligned with shown_items (trivago: prices)
 
     def required(self) -> dict[str, str]:
         return {
@@ -63,22 +64,30 @@ class SourceConfig(_Frozen):
     events: dict[str, Literal["view", "click", "book", "drop"]] = Field(
         default_factory=lambda: {"view": "view", "click": "click", "book": "book"}
     )
+    items_from_shown: bool = False  # derive the item table (CONTRACTS §1b) from shown items
 
 
 class IngestConfig(_Frozen):
     max_bad_share: float = Field(0.05, ge=0.0, le=1.0)  # quarantined / item rows above this fails
     max_id_length: int = Field(256, ge=1)
+    lateness_hours: float = Field(24.0, ge=0)  # rows this late after the interval end are bad
 
 
 class SessionizeConfig(_Frozen):
+    """Session rules; defaults from Airbnb's KDD'18 listing-embedding paper."""
+
     gap_minutes: float = Field(30.0, gt=0)  # inactivity that starts a new session
+    min_dwell_s: float | None = Field(30.0, ge=0)  # drop non-booking events shorter; None: off
     collapse_repeats: bool = True  # consecutive events on one item count once in item_ids
     min_distinct_items: int = Field(2, ge=1)
     max_session_length: int = Field(200, ge=2)
+    hash_user_ids: bool = True  # written as sha256(salt + id); the salt comes from the env
+    salt_env: str = "EMBEDDING_USER_SALT"  # name of the variable holding the salt, never the salt
 
 
 class WindowConfig(_Frozen):
     days: int = Field(8, ge=1)  # days of sessions the model sees, the holdout included
+    retention_days: int = Field(30, ge=1)  # session partitions older than this are deleted
 
 
 class Word2VecParams(_Frozen):
@@ -171,6 +180,13 @@ class Config(_Frozen):
     def _check_events(self) -> Config:
         if not any(v in EVENT_KINDS for v in self.source.events.values()):
             raise ValueError("source.events maps no source event to view, click or book")
+        if self.window.retention_days < self.window.days:
+            raise ValueError(
+                f"window.retention_days={self.window.retention_days} is shorter than the "
+                f"training window window.days={self.window.days}"
+            )
+        if self.source.items_from_shown and not self.source.columns.shown_items:
+            raise ValueError("source.items_from_shown needs source.columns.shown_items")
         return self
 
     def fingerprint(self) -> str:

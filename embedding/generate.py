@@ -87,7 +87,10 @@ class Profile:
     p_switch_cluster: float = 0.3  # p_switch_market = 1 - p_stay_cluster - p_switch_cluster
     mean_session_events: float = 8.0  # min_session_events + geometric extra
     min_session_events: int = 2
-    mean_gap_s: float = 90.0  # exponential gap between events of a session
+    mean_gap_s: float = 90.0  # gap between events of a session: min_gap_s + exponential extra
+    min_gap_s: float = 30.0  # real browsing dwells at least Airbnb's short-dwell threshold
+    p_accidental: float = 0.1  # chance of an accidental click (random item, 2-20 s dwell) per step
+    accidental_dwell_s: tuple[float, float] = (2.0, 20.0)
     max_gap_s: float = 1200.0  # gap cap; stays under the 30 min sessionization default
     min_pause_s: float = 3600.0  # between a user's sessions: at least this ...
     mean_pause_s: float = 6 * 3600.0  # ... and this on average (min + exponential extra)
@@ -106,6 +109,12 @@ class Profile:
             raise InputError(f"profile {self.name!r}: need 1 <= min_session_events <= mean")
         if not 0.0 < self.max_gap_s < self.min_pause_s <= self.mean_pause_s:
             raise InputError(f"profile {self.name!r}: need 0 < max_gap_s < min_pause_s <= mean")
+        if not 0.0 <= self.min_gap_s < self.mean_gap_s <= self.max_gap_s:
+            raise InputError(
+                f"profile {self.name!r}: need 0 <= min_gap_s < mean_gap_s <= max_gap_s"
+            )
+        if not 0.0 <= self.p_accidental < 1.0:
+            raise InputError(f"profile {self.name!r}: p_accidental must be in [0, 1)")
 
     @property
     def n_clusters(self) -> int:
@@ -235,7 +244,9 @@ def simulate_clicks(catalogue: Catalogue, events: int, days: int, seed: int) -> 
     rand, expo = rng.random, rng.expovariate
     extra_events = profile.mean_session_events - profile.min_session_events
     log_q = math.log(extra_events / (extra_events + 1.0)) if extra_events > 0 else 0.0
-    gap_rate = 1.0 / profile.mean_gap_s
+    gap_rate = 1.0 / (profile.mean_gap_s - profile.min_gap_s)
+    min_gap_s, p_accidental = profile.min_gap_s, profile.p_accidental
+    dwell_lo, dwell_hi = profile.accidental_dwell_s
     pause_extra_s = profile.mean_pause_s - profile.min_pause_s
     pause_rate = 1.0 / pause_extra_s if pause_extra_s > 0 else 0.0
     p_stay = profile.p_stay_cluster
@@ -282,11 +293,24 @@ def simulate_clicks(catalogue: Catalogue, events: int, days: int, seed: int) -> 
                 k += 1
                 if k == length:
                     break
-                gap_s = min(max_gap_s, max(1.0, expo(gap_rate)))
+                gap_s = min(max_gap_s, min_gap_s + expo(gap_rate))
                 t_next = t_us + int(gap_s * US_PER_S)
                 if t_next >= window_us:
                     break
                 t_us = t_next
+                # an accidental click: a random item of the market, left within seconds
+                if k + 1 < length and (book_at < 0 or k + 1 < book_at) and rand() < p_accidental:
+                    noise = market * per_market + _draw(
+                        cluster_cum[market], rand() * cluster_cum[market][-1]
+                    )
+                    users.append(user)
+                    stamps.append(t_us)
+                    items.append(draw_item(noise, item))
+                    codes.append(CLICK)
+                    k += 1
+                    t_us += int((dwell_lo + rand() * (dwell_hi - dwell_lo)) * US_PER_S)
+                    if t_us >= window_us:
+                        break
                 previous_cluster = cluster
                 u = rand()
                 if k != book_at and u >= p_stay:  # a booking stays in the browsed cluster

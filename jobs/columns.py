@@ -8,6 +8,7 @@ SESSION_ID = "session_id"
 MARKET = "market"
 SEQ = "seq"
 SHOWN_ITEMS = "shown_items"
+SHOWN_PRICES = "shown_prices"
 
 SOURCE_SESSION_ID = "source_session_id"
 SOURCE_EVENT = "source_event"

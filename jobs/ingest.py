@@ -148,9 +148,17 @@ def map_columns(raw: DataFrame, source: SourceConfig) -> DataFrame:
         ),
         (F.col(cols.seq).cast("long") if cols.seq else F.lit(None).cast("long")).alias(C.SEQ),
         (
+            (F.col(cols.seq).isNotNull() & F.col(cols.seq).cast("long").isNull())
+            if cols.seq
+            else F.lit(False)
+        ).alias("_bad_seq"),
+        (
             _as_string(F.col(cols.session_id)) if cols.session_id else F.lit(None).cast("string")
         ).alias(C.SOURCE_SESSION_ID),
-        _shown_items(raw, source).alias(C.SHOWN_ITEMS),
+        _shown_list(raw, source.columns.shown_items, source.list_separator).alias(C.SHOWN_ITEMS),
+        _shown_list(raw, source.columns.shown_prices, source.list_separator)
+        .cast("array<double>")
+        .alias(C.SHOWN_PRICES),
         F.col(C.SOURCE_FILE),
         F.struct(
             *[F.col(c).cast("string").alias(c) for c in sorted(set(cols.present().values()))]
@@ -159,15 +167,13 @@ def map_columns(raw: DataFrame, source: SourceConfig) -> DataFrame:
     return raw.select(*mapped)
 
 
-def _shown_items(raw: DataFrame, source: SourceConfig) -> Column:
-    name = source.columns.shown_items
+def _shown_list(raw: DataFrame, name: str | None, sep: str) -> Column:
+    """A list column given as an array or as one joined string (trivago: 'a|b|c')."""
     if not name:
         return F.lit(None).cast("array<string>")
-    dtype = raw.schema[name].dataType
-    if isinstance(dtype, T.ArrayType):
+    if isinstance(raw.schema[name].dataType, T.ArrayType):
         return F.col(name).cast("array<string>")
-    sep = source.list_separator
-    pattern = "".join(f"\\{ch}" if not ch.isalnum() else ch for ch in sep)
+    pattern = "".join(ch if ch.isalnum() else f"\\{ch}" for ch in sep)
     return F.when(F.col(name).isNull(), None).otherwise(
         F.split(F.col(name).cast("string"), pattern)
     )
@@ -188,6 +194,7 @@ def quarantine_reason(ingest: IngestConfig, ts_max: datetime | None) -> Column:
         .when(F.col(C.TS).isNull(), "bad_ts")
         .when((F.col(C.TS) < F.lit(MIN_TS)) | late, "ts_out_of_range")
         .when(too_long, "id_too_long")
+        .when(F.col("_bad_seq"), "wrong_type_seq")
     )
 
 
@@ -209,7 +216,7 @@ def split_valid(
     dropped = flagged.where(F.col(C.REASON).isNull() & (F.col(C.EVENT) == C.DROP))
     events = (
         flagged.where(F.col(C.REASON).isNull() & (F.col(C.EVENT) != C.DROP))
-        .drop(C.REASON, "raw")
+        .drop(C.REASON, "raw", "_bad_seq")
         .withColumn(C.DAY, F.date_format(C.TS, "yyyy-MM-dd"))
     )
     return ValidatedClicks(events=events, quarantined=quarantined, dropped=dropped)

@@ -1,32 +1,46 @@
-"""Sessionize: canonical click events -> sessions and booking pairs, one partition per day.
+"""Sessionize: canonical click events -> sessions, conversions and booking pairs, per day.
 
 Input: the click log named by ``--input`` (mapped and validated by ``jobs.ingest``).
-Output under ``<work_dir>``: ``sessions/dt=D/`` (session_id, user_id, market, start_ts, item_ids,
-booked_items, n_events), ``booking_pairs/dt=D/`` (session_id, context_item, booked_item, market),
-``quarantine/<first>_<last>/`` (rejected rows with a reason), and a completion marker
-``_days/D.json`` per day with its counts and content hash. Sessions are cut at the inactivity gap
-(or taken from the source's session id) and always at UTC midnight, so each day is built from its
-own events alone: a run over 7 days equals seven runs over one day. Rebuilding a day replaces
-exactly that day's partitions.
+Output under ``<work_dir>``, one partition ``dt=D`` per session day:
+``sessions`` (session_id, user_id, market, start_ts, item_ids, booked_items, n_events),
+``conversions`` (session_id, position, booked_item, context_items, shown_items, market, ts),
+``booking_pairs`` (session_id, context_item, booked_item, market), ``item_stats`` (item_id,
+market, n_events, n_sessions, n_bookings, first_seen, last_seen) and, when the source has shown
+items with prices, ``items`` (item_id, market, price, n_shown); ``quarantine/<first>_<last>/``
+holds rejected rows with a reason, and ``_days/D.json`` marks a day complete (counts and content
+hashes). Rules (Airbnb KDD'18 defaults, all in config): the source's session id or a 30-minute
+gap, always a cut at UTC midnight (so a 7-day run equals seven 1-day runs), short-dwell events
+dropped, consecutive repeats collapsed, sessions of fewer than 2 distinct items dropped, long
+sessions truncated. Rebuilding a day replaces exactly that day's partitions.
+
+    python -m jobs.sessionize --input data/clicks --work-dir publish/.work [--days 2026-01-01,...]
+    spark-submit --master spark://127.0.0.1:7077 jobs/sessionize.py --input ... --work-dir ...
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import logging
+import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+
+if __package__ in (None, ""):  # run as a file by spark-submit
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from embedding.checksum import table_content_hash
 from embedding.config import Config, SessionizeConfig
-from embedding.errors import InputError
+from embedding.errors import EmbeddingError, InputError
 from embedding.window import day_marker_path
 from jobs import columns as C
 from jobs.ingest import inspect_input, map_columns, read_clicks, split_valid
@@ -35,30 +49,72 @@ from jobs.spark import get_spark
 logger = logging.getLogger(__name__)
 
 SESSIONS = "sessions"
+CONVERSIONS = "conversions"
 BOOKING_PAIRS = "booking_pairs"
 ITEM_STATS = "item_stats"
+ITEMS = "items"
 PAIR_SORT = [C.SESSION_ID, C.CONTEXT_ITEM, C.BOOKED_ITEM]
-TABLES = {SESSIONS: [C.SESSION_ID], BOOKING_PAIRS: PAIR_SORT, ITEM_STATS: [C.ITEM_ID]}
+TABLES = {
+    SESSIONS: [C.SESSION_ID],
+    CONVERSIONS: [C.SESSION_ID, "position"],
+    BOOKING_PAIRS: PAIR_SORT,
+    ITEM_STATS: [C.ITEM_ID],
+    ITEMS: [C.ITEM_ID],
+}
+EVENT_KEY = [C.USER_ID, C.TS, C.ITEM_ID, C.EVENT, C.SEQ, C.SOURCE_SESSION_ID, C.MARKET]
+
+
+def hash_users(events: DataFrame, salt: str) -> DataFrame:
+    """Replace ``user_id`` by the first 16 hex of sha256(salt + user_id)."""
+    digest = F.sha2(F.concat(F.lit(salt), F.col(C.USER_ID)), 256)
+    return events.withColumn(C.USER_ID, F.substring(digest, 1, 16))
+
+
+def _order(*extra: str | Column) -> list:
+    return [*extra, C.TS, F.coalesce(F.col(C.SEQ), F.lit(0)), C.ITEM_ID]
 
 
 def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
     """Give each event a ``session_id``: a new session starts after a pause longer than
-    ``gap_minutes``, at UTC midnight, or when the source's session id changes."""
-    order = [C.TS, F.coalesce(F.col(C.SEQ), F.lit(0)), C.ITEM_ID]
-    user_day = Window.partitionBy(C.USER_ID, C.DAY).orderBy(*order)
-    prev_ts = F.lag(C.TS).over(user_day)
-    prev_source = F.lag(C.SOURCE_SESSION_ID).over(user_day)
+    ``gap_minutes``, at UTC midnight, or when the source's session id changes.
+
+    Adds ``cut_at_midnight`` (bool): the session's first event would have continued the
+    previous day's session without the midnight rule (only seen when that day is in the run).
+    """
+    by_user = Window.partitionBy(C.USER_ID).orderBy(*_order())
+    prev_ts = F.lag(C.TS).over(by_user)
+    prev_day = F.lag(C.DAY).over(by_user)
+    prev_source = F.lag(C.SOURCE_SESSION_ID).over(by_user)
     gap_s = F.col(C.TS).cast("double") - prev_ts.cast("double")
-    starts = (
-        prev_ts.isNull()
-        | (gap_s > gap_minutes * 60)
-        | ~F.col(C.SOURCE_SESSION_ID).eqNullSafe(prev_source)
+    continues = (
+        prev_ts.isNotNull()
+        & (gap_s <= gap_minutes * 60)
+        & F.col(C.SOURCE_SESSION_ID).eqNullSafe(prev_source)
     )
-    numbered = events.withColumn("_start", starts.cast("int")).withColumn(
-        "_n", F.sum("_start").over(user_day.rowsBetween(Window.unboundedPreceding, 0))
+    flagged = events.withColumn("_continues", continues).withColumn("_prev_day", prev_day)
+    starts = ~F.col("_continues") | (F.col("_prev_day") != F.col(C.DAY))
+    user_day = Window.partitionBy(C.USER_ID, C.DAY).orderBy(*_order())
+    numbered = flagged.withColumn(
+        "_n", F.sum(starts.cast("int")).over(user_day.rowsBetween(Window.unboundedPreceding, 0))
     )
     session_id = F.concat_ws(":", C.USER_ID, C.DAY, F.lpad(F.col("_n").cast("string"), 4, "0"))
-    return numbered.withColumn(C.SESSION_ID, session_id).drop("_start", "_n")
+    midnight = F.col("_continues") & (F.col("_prev_day") != F.col(C.DAY))
+    return (
+        numbered.withColumn(C.SESSION_ID, session_id)
+        .withColumn("cut_at_midnight", midnight)
+        .drop("_continues", "_prev_day", "_n")
+    )
+
+
+def drop_short_dwell(events: DataFrame, min_dwell_s: float | None) -> DataFrame:
+    """Drop non-booking events left within ``min_dwell_s`` seconds for the next event of the
+    same session (Airbnb: accidental clicks); a session's last event is always kept."""
+    if not min_dwell_s:
+        return events
+    in_session = Window.partitionBy(C.SESSION_ID).orderBy(*_order())
+    dwell_s = F.lead(C.TS).over(in_session).cast("double") - F.col(C.TS).cast("double")
+    short = dwell_s.isNotNull() & (dwell_s < min_dwell_s) & (F.col(C.EVENT) != C.BOOK)
+    return events.withColumn("_short", short).where(~F.col("_short")).drop("_short")
 
 
 def _ordered_events(events: DataFrame) -> DataFrame:
@@ -69,83 +125,157 @@ def _ordered_events(events: DataFrame) -> DataFrame:
         F.col(C.ITEM_ID).alias("item_id"),
         F.col(C.EVENT).alias("event"),
         F.col(C.MARKET).alias("market"),
+        F.col(C.SHOWN_ITEMS).alias("shown_items"),
     )
     return events.groupBy(C.SESSION_ID, C.USER_ID, C.DAY).agg(
-        F.sort_array(F.collect_list(ev)).alias("events")
+        F.sort_array(F.collect_list(ev)).alias("events"),
+        F.max(F.col("cut_at_midnight").cast("int")).alias("cut_at_midnight"),
     )
 
 
-def build_sessions(events: DataFrame, rules: SessionizeConfig) -> DataFrame:
-    """Sessionized events -> one row per kept session (ordered item list, booked items)."""
-    per_session = _ordered_events(events)
+def build_sessions(per_session: DataFrame, rules: SessionizeConfig) -> DataFrame:
+    """One row per session (kept or not: ``is_kept``), with the rule counts of each."""
     items = F.transform("events", lambda e: e["item_id"])
+    collapsed = items
     if rules.collapse_repeats:
-        items = F.filter(items, lambda x, i: (i == 0) | (x != F.element_at(items, i)))
-    sessions = per_session.select(
+        collapsed = F.filter(items, lambda x, i: (i == 0) | (x != F.element_at(items, i)))
+    return (
+        per_session.select(
+            C.SESSION_ID,
+            C.USER_ID,
+            F.col("events")[0]["market"].alias(C.MARKET),
+            F.col("events")[0]["ts"].alias(C.START_TS),
+            collapsed.alias("_collapsed"),
+            F.array_distinct(
+                F.transform(
+                    F.filter("events", lambda e: e["event"] == C.BOOK), lambda e: e["item_id"]
+                )
+            ).alias(C.BOOKED_ITEMS),
+            F.size("events").alias(C.N_EVENTS),
+            "cut_at_midnight",
+            "events",
+            C.DAY,
+        )
+        .withColumn(C.ITEM_IDS, F.slice("_collapsed", 1, rules.max_session_length))
+        .withColumn("n_collapsed", F.size("_collapsed"))
+        .withColumn("is_kept", F.size(F.array_distinct("_collapsed")) >= rules.min_distinct_items)
+        .drop("_collapsed")
+    )
+
+
+def extract_conversions(sessions: DataFrame) -> DataFrame:
+    """One row per booking event of a kept session: the booked item, the distinct items
+    interacted with before it (the booked item excluded) and what was on screen."""
+    exploded = sessions.select(
+        C.SESSION_ID, "events", C.DAY, F.posexplode("events").alias("position", "e")
+    ).where(F.col("e.event") == C.BOOK)
+    before = F.filter("events", lambda e, i: i < F.col("position"))
+    context = F.array_remove(
+        F.array_distinct(F.transform(before, lambda e: e["item_id"])), F.col("e.item_id")
+    )
+    return exploded.select(
         C.SESSION_ID,
-        C.USER_ID,
-        F.col("events")[0]["market"].alias(C.MARKET),
-        F.col("events")[0]["ts"].alias(C.START_TS),
-        F.slice(items, 1, rules.max_session_length).alias(C.ITEM_IDS),
-        F.array_distinct(
-            F.transform(F.filter("events", lambda e: e["event"] == C.BOOK), lambda e: e["item_id"])
-        ).alias(C.BOOKED_ITEMS),
-        F.size("events").alias(C.N_EVENTS),
+        "position",
+        F.col("e.item_id").alias(C.BOOKED_ITEM),
+        context.alias("context_items"),
+        F.col("e.shown_items").alias(C.SHOWN_ITEMS),
+        F.col("e.market").alias(C.MARKET),
+        F.col("e.ts").alias(C.TS),
         C.DAY,
     )
-    return sessions.where(F.size(F.array_distinct(C.ITEM_IDS)) >= rules.min_distinct_items)
 
 
-def extract_booking_pairs(events: DataFrame, sessions: DataFrame) -> DataFrame:
-    """(context item -> booked item) for every item interacted with before a booking in a
-    kept session; self-pairs excluded; the pair's market is the booked item's."""
-    per_session = _ordered_events(events).join(
-        sessions.select(C.SESSION_ID), on=C.SESSION_ID, how="left_semi"
-    )
-    exploded = per_session.select(C.SESSION_ID, C.DAY, F.posexplode("events").alias("pos", "e"))
-    bookings = exploded.where(F.col("e.event") == C.BOOK).select(
+def extract_booking_pairs(conversions: DataFrame) -> DataFrame:
+    """(context item -> booked item) per session; the pair's market is the booked item's."""
+    return conversions.select(
         C.SESSION_ID,
-        F.col("pos").alias("book_pos"),
-        F.col("e.item_id").alias(C.BOOKED_ITEM),
-        F.col("e.market").alias(C.MARKET),
-    )
-    context = exploded.select(
-        C.SESSION_ID, C.DAY, F.col("pos").alias("ctx_pos"), F.col("e.item_id").alias(C.CONTEXT_ITEM)
-    )
-    pairs = context.join(bookings, on=C.SESSION_ID).where(
-        (F.col("ctx_pos") < F.col("book_pos")) & (F.col(C.CONTEXT_ITEM) != F.col(C.BOOKED_ITEM))
-    )
-    return pairs.select(
-        C.SESSION_ID, C.CONTEXT_ITEM, C.BOOKED_ITEM, C.MARKET, C.DAY
-    ).dropDuplicates([C.SESSION_ID, C.CONTEXT_ITEM, C.BOOKED_ITEM])
+        F.explode("context_items").alias(C.CONTEXT_ITEM),
+        C.BOOKED_ITEM,
+        C.MARKET,
+        C.DAY,
+    ).dropDuplicates(PAIR_SORT)
 
 
 def item_stats(events: DataFrame) -> DataFrame:
-    """Per item and day: events, bookings and its market (the most frequent one, ties by name)."""
+    """Per item and day: events, sessions, bookings, first and last seen, and its market (the
+    most frequent one, ties by name)."""
     per_market = events.groupBy(C.DAY, C.ITEM_ID, C.MARKET).agg(
         F.count("*").alias(C.N_EVENTS),
         F.sum((F.col(C.EVENT) == C.BOOK).cast("long")).alias("n_bookings"),
+        F.min(C.TS).alias("first_seen"),
+        F.max(C.TS).alias("last_seen"),
+    )
+    per_item = events.groupBy(C.DAY, C.ITEM_ID).agg(
+        F.countDistinct(C.SESSION_ID).alias("n_sessions")
     )
     top_market = F.max_by(C.MARKET, F.struct(C.N_EVENTS, F.col(C.MARKET)))
+    return (
+        per_market.groupBy(C.DAY, C.ITEM_ID)
+        .agg(
+            top_market.alias(C.MARKET),
+            F.sum(C.N_EVENTS).alias(C.N_EVENTS),
+            F.sum("n_bookings").alias("n_bookings"),
+            F.min("first_seen").alias("first_seen"),
+            F.max("last_seen").alias("last_seen"),
+        )
+        .join(per_item, [C.DAY, C.ITEM_ID])
+    )
+
+
+def items_from_shown(events: DataFrame) -> DataFrame:
+    """Item table (CONTRACTS §1b) from what was on screen: market and mean shown price."""
+    shown = events.where(F.col(C.SHOWN_ITEMS).isNotNull()).select(
+        C.DAY,
+        C.MARKET,
+        C.SHOWN_PRICES,
+        F.posexplode(C.SHOWN_ITEMS).alias("_pos", C.ITEM_ID),
+    )
+    price = F.when(
+        F.col(C.SHOWN_PRICES).isNotNull() & (F.size(C.SHOWN_PRICES) > F.col("_pos")),
+        F.element_at(C.SHOWN_PRICES, F.col("_pos") + 1),
+    )
+    per_market = (
+        shown.withColumn("price", price)
+        .groupBy(C.DAY, C.ITEM_ID, C.MARKET)
+        .agg(F.count("*").alias("n_shown"), F.avg("price").alias("price"))
+    )
     return per_market.groupBy(C.DAY, C.ITEM_ID).agg(
-        top_market.alias(C.MARKET),
-        F.sum(C.N_EVENTS).alias(C.N_EVENTS),
-        F.sum("n_bookings").alias("n_bookings"),
+        F.max_by(C.MARKET, F.struct("n_shown", F.col(C.MARKET))).alias(C.MARKET),
+        (F.sum(F.col("price") * F.col("n_shown")) / F.sum("n_shown")).alias("price"),
+        F.sum("n_shown").alias("n_shown"),
     )
 
 
 @dataclass
 class SessionizeResult:
+    """What a sessionize run read and wrote; every input row is counted in exactly one place:
+    rows_read = dropped + quarantined + duplicates + outside_days + events_valid, and
+    events_valid = short_dwell_dropped + short_session_events + session_events, where the kept
+    sessions' events are session_items + collapsed_repeats + truncated_events."""
+
     days: list[str]
     work_dir: str
     rows_read: int = 0
-    events_valid: int = 0
-    outside_days: int = 0
     dropped_by_type: dict[str, int] = field(default_factory=dict)
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
-    quarantine_path: str | None = None
+    duplicates: int = 0
+    outside_days: int = 0
+    events_valid: int = 0
+    short_dwell_dropped: int = 0
+    short_sessions: int = 0
+    short_session_events: int = 0
+    session_events: int = 0
+    session_items: int = 0
+    collapsed_repeats: int = 0
+    truncated_sessions: int = 0
+    truncated_events: int = 0
+    sessions_cut_at_midnight: int = 0
     sessions: int = 0
+    conversions: int = 0
     booking_pairs: int = 0
+    quarantine_path: str | None = None
+    user_salt_fingerprint: str | None = None
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,7 +311,7 @@ def _commit_day(work_dir: Path, staging: Path, day: str, source: str) -> dict:
     stats: dict = {"day": day, "source": source}
     for table, keys in TABLES.items():
         staged = staging / table / f"{C.DAY}={day}"
-        for junk in staged.glob("*.crc") if staged.exists() else []:
+        for junk in staged.glob(".*.crc") if staged.exists() else []:
             junk.unlink()
         _replace_dir(staged, day_partition(work_dir, table, day))
         files = sorted(day_partition(work_dir, table, day).glob("*.parquet"))
@@ -195,6 +325,53 @@ def _commit_day(work_dir: Path, staging: Path, day: str, source: str) -> dict:
     return stats
 
 
+def _user_salt(rules: SessionizeConfig) -> str:
+    salt = os.environ.get(rules.salt_env, "")
+    if rules.hash_user_ids and not salt:
+        logger.warning("%s is not set: user ids are hashed without a salt", rules.salt_env)
+    return salt
+
+
+def _rule_counts(sessions: DataFrame) -> dict[str, int]:
+    kept = F.col("is_kept")
+    row = sessions.agg(
+        F.sum(F.when(kept, 1).otherwise(0)).alias("sessions"),
+        F.sum(F.when(~kept, 1).otherwise(0)).alias("short_sessions"),
+        F.sum(F.when(~kept, F.col(C.N_EVENTS)).otherwise(0)).alias("short_session_events"),
+        F.sum(F.when(kept, F.col(C.N_EVENTS)).otherwise(0)).alias("session_events"),
+        F.sum(F.when(kept, F.size(C.ITEM_IDS)).otherwise(0)).alias("session_items"),
+        F.sum(F.when(kept, F.col(C.N_EVENTS) - F.col("n_collapsed")).otherwise(0)).alias(
+            "collapsed_repeats"
+        ),
+        F.sum(F.when(kept & (F.col("n_collapsed") > F.size(C.ITEM_IDS)), 1).otherwise(0)).alias(
+            "truncated_sessions"
+        ),
+        F.sum(F.when(kept, F.col("n_collapsed") - F.size(C.ITEM_IDS)).otherwise(0)).alias(
+            "truncated_events"
+        ),
+        F.sum(F.when(kept, F.col("cut_at_midnight")).otherwise(0)).alias(
+            "sessions_cut_at_midnight"
+        ),
+    ).first()
+    return {k: int(v or 0) for k, v in row.asDict().items()}
+
+
+def _validate(cfg: Config, input_path: Path, days: list[date] | None) -> tuple:
+    """Read, map and split the click log: (mapped rows, cached; ``ValidatedClicks``)."""
+    info = inspect_input(input_path, cfg.source)
+    spark = get_spark(cfg.spark)
+    raw = read_clicks(spark, info)
+    if days and "dt" in raw.columns and "dt" not in cfg.source.columns.present().values():
+        lo, hi = min(days) - timedelta(days=1), max(days) + timedelta(days=1)
+        raw = raw.where(F.col("dt").cast("date").between(F.lit(lo), F.lit(hi)))
+    mapped = map_columns(raw, cfg.source).cache()
+    ts_max = None
+    if days:
+        end = datetime.combine(max(days) + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+        ts_max = end + timedelta(hours=cfg.ingest.lateness_hours)
+    return mapped, split_valid(mapped, cfg.ingest, ts_max)
+
+
 def run_sessionize(
     cfg: Config, input_path: Path, work_dir: Path, days: list[date] | None = None
 ) -> SessionizeResult:
@@ -204,23 +381,24 @@ def run_sessionize(
         InputError: missing/empty input, missing columns, no valid events, too many bad rows.
     """
     started = time.monotonic()
-    info = inspect_input(input_path, cfg.source)
-    spark = get_spark(cfg.spark)
-    raw = read_clicks(spark, info)
-    if days and "dt" in raw.columns and "dt" not in cfg.source.columns.present().values():
-        lo, hi = min(days) - timedelta(days=1), max(days) + timedelta(days=1)
-        raw = raw.where(F.col("dt").cast("date").between(F.lit(lo), F.lit(hi)))
-    mapped = map_columns(raw, cfg.source).cache()
+    mapped, split = _validate(cfg, input_path, days)
     try:
         rows_read = mapped.count()
         if rows_read == 0:
             raise InputError(f"{input_path}: the click log has no rows")
-        split = split_valid(mapped, cfg.ingest)
         dropped = _count_by(split.dropped, C.SOURCE_EVENT)
         bad = _count_by(split.quarantined, C.REASON)
         n_bad = sum(bad.values())
         item_rows = rows_read - sum(dropped.values())
-        events = split.events
+        if item_rows and n_bad / item_rows > cfg.ingest.max_bad_share:
+            raise InputError(
+                f"{input_path}: {n_bad} of {item_rows} item rows ({n_bad / item_rows:.1%}) failed "
+                f"validation {bad}, above ingest.max_bad_share={cfg.ingest.max_bad_share}"
+            )
+        valid = split.events.cache()
+        n_valid = valid.count()
+        events = valid.dropDuplicates(EVENT_KEY)
+        n_unique = events.count()
         if days is None:
             found = sorted(r[C.DAY] for r in events.select(C.DAY).distinct().collect())
             if not found:
@@ -229,23 +407,26 @@ def run_sessionize(
             days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
         day_strs = sorted({d.isoformat() for d in days})
         result = SessionizeResult(
-            days=day_strs, work_dir=str(work_dir), rows_read=rows_read, dropped_by_type=dropped
+            days=day_strs,
+            work_dir=str(work_dir),
+            rows_read=rows_read,
+            dropped_by_type=dropped,
+            quarantined_by_reason=bad,
+            duplicates=n_valid - n_unique,
         )
-        result.quarantined_by_reason = bad
-        if item_rows and n_bad / item_rows > cfg.ingest.max_bad_share:
-            raise InputError(
-                f"{input_path}: {n_bad} of {item_rows} item rows ({n_bad / item_rows:.1%}) failed "
-                f"validation {bad}, above ingest.max_bad_share={cfg.ingest.max_bad_share}"
-            )
         in_days = events.where(F.col(C.DAY).isin(day_strs))
-        n_valid = events.count()
         result.events_valid = in_days.count()
-        result.outside_days = n_valid - result.events_valid
+        result.outside_days = n_unique - result.events_valid
         if result.events_valid == 0:
             raise InputError(
                 f"{input_path}: no valid item events on {day_strs[0]}..{day_strs[-1]} "
-                f"({n_valid} valid events elsewhere, {n_bad} quarantined)"
+                f"({n_unique} valid events elsewhere, {n_bad} quarantined)"
             )
+        rules = cfg.sessionize
+        if rules.hash_user_ids:
+            salt = _user_salt(rules)
+            result.user_salt_fingerprint = hashlib.sha256(salt.encode()).hexdigest()[:12]
+            in_days = hash_users(in_days, salt)
         staging = work_dir / ".staging" / f"{day_strs[0]}_{day_strs[-1]}"
         shutil.rmtree(staging, ignore_errors=True)
         if n_bad:
@@ -253,34 +434,93 @@ def run_sessionize(
             split.quarantined.coalesce(1).write.mode("overwrite").parquet(str(qpath))
             result.quarantine_path = str(qpath)
             logger.warning("quarantined %d rows %s -> %s", n_bad, bad, qpath)
-        sessionized = cut_sessions(in_days, cfg.sessionize.gap_minutes).cache()
-        sessions = build_sessions(sessionized, cfg.sessionize).cache()
-        pairs = extract_booking_pairs(sessionized, sessions)
-        frames = {SESSIONS: sessions, BOOKING_PAIRS: pairs, ITEM_STATS: item_stats(in_days)}
-        for table, keys in TABLES.items():
-            frames[table].repartition(C.DAY).sortWithinPartitions(*keys).write.mode(
+        sessionized = cut_sessions(in_days, rules.gap_minutes)
+        kept_events = drop_short_dwell(sessionized, rules.min_dwell_s).cache()
+        result.short_dwell_dropped = result.events_valid - kept_events.count()
+        all_sessions = build_sessions(_ordered_events(kept_events), rules).cache()
+        for key, value in _rule_counts(all_sessions).items():
+            setattr(result, key, value)
+        sessions = all_sessions.where("is_kept")
+        conversions = extract_conversions(sessions).cache()
+        frames = {
+            SESSIONS: sessions.select(
+                C.SESSION_ID,
+                C.USER_ID,
+                C.MARKET,
+                C.START_TS,
+                C.ITEM_IDS,
+                C.BOOKED_ITEMS,
+                C.N_EVENTS,
+                C.DAY,
+            ),
+            CONVERSIONS: conversions,
+            BOOKING_PAIRS: extract_booking_pairs(conversions),
+            ITEM_STATS: item_stats(kept_events),
+        }
+        if cfg.source.items_from_shown:
+            frames[ITEMS] = items_from_shown(in_days)
+        for table, frame in frames.items():
+            frame.repartition(C.DAY).sortWithinPartitions(*TABLES[table]).write.mode(
                 "overwrite"
             ).partitionBy(C.DAY).parquet(str(staging / table))
         for day in day_strs:
             stats = _commit_day(work_dir, staging, day, str(input_path))
-            result.sessions += stats[f"n_{SESSIONS}"]
+            result.conversions += stats[f"n_{CONVERSIONS}"]
             result.booking_pairs += stats[f"n_{BOOKING_PAIRS}"]
         shutil.rmtree(staging, ignore_errors=True)
-        sessionized.unpersist()
-        sessions.unpersist()
+        for frame in (valid, kept_events, all_sessions, conversions):
+            frame.unpersist()
     finally:
         mapped.unpersist()
-    elapsed = time.monotonic() - started
+    result.seconds = round(time.monotonic() - started, 2)
     logger.info(
-        "sessionized %d days: %d rows read (%.0f rows/s), %d valid events, %d sessions, "
-        "%d booking pairs, dropped %s, quarantined %s",
+        "sessionized %d days in %.1f s (%.0f rows/s): %d rows, %d valid events, %d sessions, "
+        "%d conversions, %d booking pairs; dropped %s, quarantined %s, %d duplicates, "
+        "%d short-dwell, %d truncated sessions, %d cut at midnight",
         len(day_strs),
+        result.seconds,
+        rows_read / max(result.seconds, 1e-9),
         rows_read,
-        rows_read / max(elapsed, 1e-9),
         result.events_valid,
         result.sessions,
+        result.conversions,
         result.booking_pairs,
         dropped,
         bad,
+        result.duplicates,
+        result.short_dwell_dropped,
+        result.truncated_sessions,
+        result.sessions_cut_at_midnight,
     )
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m jobs.sessionize`` and ``spark-submit jobs/sessionize.py``."""
+    from embedding import PROJECT_ROOT
+    from embedding.config import load_config
+
+    parser = argparse.ArgumentParser(description="validate a click log and sessionize it")
+    parser.add_argument("--input", type=Path, required=True)
+    parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--conf", type=Path, default=PROJECT_ROOT / "conf" / "default.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--days", default=None, help="comma-separated days (default: all)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    try:
+        cfg = load_config(args.conf, args.overrides)
+        days = [date.fromisoformat(d) for d in args.days.split(",")] if args.days else None
+        result = run_sessionize(cfg, args.input.resolve(), args.work_dir.resolve(), days)
+    except EmbeddingError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+        return exc.exit_code
+    print(json.dumps(result.to_dict(), indent=1))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,7 @@ against a throwaway SQLite metadata DB migrated once per session.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -42,7 +43,8 @@ def small_config(**overrides: object) -> Config:
         "finetune.epochs": 5,
         **overrides,
     }
-    return load_config(ROOT / "conf" / "default.yaml", [f"{k}={v}" for k, v in items.items()])
+    as_yaml = {k: v if isinstance(v, str) else json.dumps(v) for k, v in items.items()}
+    return load_config(ROOT / "conf" / "default.yaml", [f"{k}={v}" for k, v in as_yaml.items()])
 
 
 @pytest.fixture(scope="session")

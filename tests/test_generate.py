@@ -116,7 +116,13 @@ def test_same_cluster_share_of_consecutive_pairs(medium: tuple[GenerateResult, p
     truth = pq.read_table(result.out_dir / "_ground_truth.parquet")
     cluster_of = dict(zip(truth["item_id"].to_pylist(), truth["cluster"].to_pylist(), strict=True))
     order, session = cut_sessions(clicks)
-    items = clicks["item_id"].to_numpy(zero_copy_only=False)[order]
+    ts = clicks["ts"].cast(pa.int64()).to_numpy()[order]
+    dwell_s = np.r_[(ts[1:] - ts[:-1]) / 1e6, np.inf]
+    dwell_s[np.r_[session[1:] != session[:-1], True]] = np.inf  # last event of a session
+    browsing = dwell_s >= 30  # accidental clicks are left within seconds
+    assert 0.05 <= 1 - browsing.mean() <= 0.12, "about 10% accidental clicks per step"
+    items = clicks["item_id"].to_numpy(zero_copy_only=False)[order][browsing]
+    session = session[browsing]
     clusters = np.array([cluster_of[i] for i in items])
     in_session = session[1:] == session[:-1]
     same_cluster = clusters[1:][in_session] == clusters[:-1][in_session]

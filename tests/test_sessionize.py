@@ -17,6 +17,7 @@ from jobs.sessionize import run_sessionize
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 EVENTS_MAP = "{view: view, click: click, book: book, filter: drop}"
+PLAIN = {"sessionize.hash_user_ids": False, "sessionize.min_dwell_s": None}
 
 
 def _write_log(path: Path, rows: list[tuple]) -> Path:
@@ -68,7 +69,7 @@ HAND_LOG = [
 def hand_run(spark, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("hand")
     log = _write_log(tmp / "clicks" / "part-0.parquet", HAND_LOG)
-    cfg = small_config(**{"source.events": EVENTS_MAP, "ingest.max_bad_share": 0.5})
+    cfg = small_config(**{"source.events": EVENTS_MAP, "ingest.max_bad_share": 0.5, **PLAIN})
     work = tmp / "work"
     result = run_sessionize(cfg, log.parent, work)
     return {"result": result, "work": work, "cfg": cfg, "log": log}
@@ -156,6 +157,7 @@ def test_csv_with_epoch_seconds_and_source_names(spark, tmp_path: Path) -> None:
             "market: city}",
             "source.events": "{img: view, clickout: book}",
             "ingest.max_bad_share": 0.5,
+            **PLAIN,
         }
     )
     result = run_sessionize(cfg, csv, tmp_path / "work")

@@ -1,0 +1,191 @@
+"""Each session rule and each bad-input kind on a hand-made log, with exact expected output,
+and a property: every input row ends in exactly one place."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import small_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from embedding.window import load_table
+from jobs.sessionize import run_sessionize
+
+T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+DAY1 = [date(2026, 1, 1)]
+PLAIN = {"sessionize.hash_user_ids": False, "sessionize.min_dwell_s": None}
+
+
+def write_log(path: Path, rows: list[dict]) -> Path:
+    columns = {key: [row.get(key) for row in rows] for key in rows[0]}
+    types = {"ts": pa.timestamp("us", tz="UTC"), "seq": pa.int64()}
+    table = pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in columns.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def ev(user: str, seconds: float, item: str, event: str = "view", **extra: object) -> dict:
+    return {"user_id": user, "ts": T0 + timedelta(seconds=seconds), "item_id": item,
+            "event": event, "market": "m1", **extra}  # fmt: skip
+
+
+def run(tmp: Path, rows: list[dict], days: list[date] | None = None, **overrides: object):
+    log = write_log(tmp / "clicks" / "part-0.parquet", rows)
+    cfg = small_config(**{"ingest.max_bad_share": 0.5, **PLAIN, **overrides})
+    work = tmp / "work"
+    result = run_sessionize(cfg, log.parent, work, days)
+    sessions = load_table(work, "sessions", [date.fromisoformat(d) for d in result.days])
+    by_id = {r["session_id"]: r for r in sessions.to_pylist()} if sessions is not None else {}
+    return result, by_id, work
+
+
+def test_short_dwell_events_are_dropped_but_bookings_kept(spark, tmp_path: Path) -> None:
+    rows = [ev("u", 0, "A"), ev("u", 10, "B"), ev("u", 70, "C"), ev("u", 75, "D", "book"),
+            ev("u", 80, "E"), ev("u", 200, "F")]  # fmt: skip
+    result, sessions, _ = run(tmp_path, rows, **{"sessionize.min_dwell_s": 30})
+    # A (left after 10 s) and C (5 s) are dropped; D is a booking (kept); F is the last
+    assert [s["item_ids"] for s in sessions.values()] == [["B", "D", "E", "F"]]
+    assert result.short_dwell_dropped == 2
+
+
+def test_duplicates_truncation_and_seq_order(spark, tmp_path: Path) -> None:
+    rows = [ev("u", 0, "A", seq=2), ev("u", 0, "Z", seq=1), ev("u", 60, "B", seq=3),
+            ev("u", 60, "B", seq=3), ev("u", 120, "C", seq=4),
+            ev("u", 180, "D", seq=5)]  # fmt: skip
+    overrides = {"sessionize.max_session_length": 3, "source.columns.seq": "seq"}
+    result, sessions, _ = run(tmp_path, rows, **overrides)
+    (session,) = sessions.values()
+    assert session["item_ids"] == ["Z", "A", "B"]  # same ts: seq decides, then truncation
+    assert result.duplicates == 1
+    assert (result.truncated_sessions, result.truncated_events) == (1, 2)
+
+
+def test_source_session_ids_are_used_when_configured(spark, tmp_path: Path) -> None:
+    rows = [ev("u", 0, "A", sid="s1"), ev("u", 30, "B", sid="s1"), ev("u", 60, "C", sid="s2"),
+            ev("u", 90, "D", sid="s2"), ev("u", 4000, "E", sid="s2")]  # fmt: skip
+    result, sessions, _ = run(tmp_path, rows, **{"source.columns.session_id": "sid"})
+    # a new source id starts a session; a long pause still cuts one
+    assert sorted(s["item_ids"] for s in sessions.values()) == [["A", "B"], ["C", "D"]]
+    assert result.short_sessions == 1 and result.short_session_events == 1
+
+
+def test_conversions_and_pairs_with_several_bookings(spark, tmp_path: Path) -> None:
+    rows = [ev("u", 0, "A"), ev("u", 60, "B", "book"), ev("u", 120, "C"), ev("u", 180, "B", "book"),
+            ev("u", 240, "D", "book")]  # fmt: skip
+    result, _, work = run(tmp_path, rows)
+    conversions = load_table(work, "conversions", DAY1).to_pylist()
+    got = [(c["position"], c["booked_item"], c["context_items"]) for c in conversions]
+    assert sorted(got) == [(1, "B", ["A"]), (3, "B", ["A", "C"]), (4, "D", ["A", "B", "C"])]
+    pairs = load_table(work, "booking_pairs", DAY1).to_pylist()
+    assert sorted((p["context_item"], p["booked_item"]) for p in pairs) == [
+        ("A", "B"), ("A", "D"), ("B", "D"), ("C", "B"), ("C", "D")
+    ]  # fmt: skip
+    assert result.conversions == 3 and result.booking_pairs == 5
+
+
+def test_each_bad_kind_is_quarantined_with_its_reason(spark, tmp_path: Path) -> None:
+    good = [ev("u", 60 * i, f"I{i}") for i in range(20)]
+    bad = [
+        {**ev("b", 0, "A"), "user_id": None},
+        {**ev("b", 0, "A"), "item_id": None},
+        {**ev("b", 0, "A"), "event": None},
+        {**ev("b", 0, "A"), "event": "hover"},
+        {**ev("b", 0, "A"), "ts": datetime(1999, 12, 31, tzinfo=UTC)},
+        {**ev("b", 0, "A"), "ts": T0 + timedelta(days=3)},  # later than the end + 24 h
+        {**ev("b", 0, "x" * 300)},
+    ]
+    late_but_fine = {**ev("c", 0, "A"), "ts": T0 + timedelta(hours=20)}  # next day: left alone
+    result, sessions, _ = run(tmp_path, good + bad + [late_but_fine], DAY1)
+    assert result.quarantined_by_reason == {
+        "id_too_long": 1, "missing_event": 1, "missing_item_id": 1, "missing_user_id": 1,
+        "ts_out_of_range": 2, "unknown_event": 1,
+    }  # fmt: skip
+    assert result.outside_days == 1
+    quarantined = pq.read_table(result.quarantine_path)
+    assert quarantined.num_rows == len(bad)
+    assert set(quarantined.column_names) >= {"reason", "source_file", "user_id", "item_id"}
+    assert len(sessions) == 1
+
+
+def test_wrong_type_in_csv_is_quarantined(spark, tmp_path: Path) -> None:
+    csv = tmp_path / "log.csv"
+    base = int(T0.timestamp())
+    lines = [f"u,{base + 60 * i},I{i},view,{i}" for i in range(30)]
+    lines += [f"u,{base + 5},X,view,seven", "u,yesterday,Y,view,1"]
+    csv.write_text("user_id,ts,item_id,event,seq\n" + "\n".join(lines) + "\n")
+    cfg = small_config(**{**PLAIN, "source.columns.seq": "seq", "source.columns.market": None,
+                          "ingest.max_bad_share": 0.1})  # fmt: skip
+    result = run_sessionize(cfg, csv, tmp_path / "work")
+    assert result.quarantined_by_reason == {"bad_ts": 1, "wrong_type_seq": 1}
+
+
+def test_user_ids_are_hashed_with_the_salt_from_the_environment(
+    spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMBEDDING_USER_SALT", "pepper")
+    rows = [ev("alice", 0, "A"), ev("alice", 60, "B")]
+    result, sessions, _ = run(tmp_path, rows, **{"sessionize.hash_user_ids": True})
+    (session,) = sessions.values()
+    expected = hashlib.sha256(b"pepperalice").hexdigest()[:16]
+    assert session["user_id"] == expected and "alice" not in session["session_id"]
+    assert result.user_salt_fingerprint == hashlib.sha256(b"pepper").hexdigest()[:12]
+
+
+def test_trivago_items_table_from_impressions(spark, tmp_path: Path) -> None:
+    rows = [ev("u", 0, "A", shown=None, prices=None),
+            ev("u", 60, "B", "book", shown="A|B|C", prices="100|200|300"),
+            ev("v", 0, "A", "book", shown="C|A", prices="310|90")]  # fmt: skip
+    overrides = {"source.columns.shown_items": "shown", "source.columns.shown_prices": "prices",
+                 "source.items_from_shown": True, "sessionize.min_distinct_items": 1}  # fmt: skip
+    _, _, work = run(tmp_path, rows, **overrides)
+    items = {r["item_id"]: r for r in load_table(work, "items", DAY1).to_pylist()}
+    assert {k: (v["price"], v["n_shown"]) for k, v in items.items()} == {
+        "A": (95.0, 2), "B": (200.0, 1), "C": (305.0, 2)
+    }  # fmt: skip
+    conversions = load_table(work, "conversions", DAY1).to_pylist()
+    assert sorted(c["shown_items"] for c in conversions) == [["A", "B", "C"], ["C", "A"]]
+
+
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["u1", "u2", "u3"]),
+        st.integers(min_value=0, max_value=2 * 86400),  # two days
+        st.sampled_from(["A", "B", "C", "D", None]),
+        st.sampled_from(["view", "click", "book", "filter", "hover"]),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(rows=EVENTS)
+def test_every_row_ends_in_exactly_one_place(spark, tmp_path_factory, rows) -> None:
+    tmp = tmp_path_factory.mktemp("prop")
+    log = [ev(u, s, i, e) for u, s, i, e in rows]
+    cfg = small_config(**{"ingest.max_bad_share": 1.0, "sessionize.min_dwell_s": 30,
+                          "source.events": "{view: view, click: click, book: book, filter: drop}",
+                          "sessionize.max_session_length": 3})  # fmt: skip
+    path = write_log(tmp / "clicks" / "part-0.parquet", log)
+    try:
+        result = run_sessionize(cfg, path.parent, tmp / "work")
+    except Exception as exc:  # only "no valid events" is allowed to stop a run
+        assert "no valid item events" in str(exc)
+        return
+    r = result
+    assert r.rows_read == len(rows)
+    placed = sum(r.dropped_by_type.values()) + sum(r.quarantined_by_reason.values())
+    assert r.rows_read == placed + r.duplicates + r.outside_days + r.events_valid
+    assert r.events_valid == r.short_dwell_dropped + r.short_session_events + r.session_events
+    assert r.session_events == r.session_items + r.collapsed_repeats + r.truncated_events
+    days = [date.fromisoformat(d) for d in r.days]
+    sessions = load_table(tmp / "work", "sessions", days)
+    n_items = sum(len(x) for x in sessions.column("item_ids").to_pylist()) if sessions else 0
+    assert n_items == r.session_items
