@@ -5,6 +5,7 @@ publish. Wiring only: every task imports its stage inside the body and calls one
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from datetime import timedelta
@@ -108,10 +109,23 @@ def item_embeddings():
 
         return publish_stage(_config(), RunPlan.from_dict(run), evaluation, {"ingest": ingest})
 
+    @task
+    def retention(published: dict) -> list[str]:
+        """Delete session partitions older than window.retention_days before the interval end."""
+        from embedding.pipeline import resolve_paths
+        from embedding.window import apply_retention
+
+        cfg = _config()
+        removed = apply_retention(
+            Path(resolve_paths(cfg).work_dir), _interval()[1], cfg.window.retention_days
+        )
+        logging.getLogger(__name__).info("retention: removed %d days %s", len(removed), removed)
+        return removed
+
     ingest = sessionize()
     run = plan(ingest)
     evaluated = evaluate(finetune(train(run)))
-    publish(run, gate(run, evaluated, ingest), ingest)
+    retention(publish(run, gate(run, evaluated, ingest), ingest))
 
 
 item_embeddings()

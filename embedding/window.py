@@ -99,3 +99,27 @@ def split_holdout(sessions: pa.Table, pairs: pa.Table | None, cfg: EvaluateConfi
         in_test = pc.is_in(pairs.column("session_id"), value_set=test.column("session_id"))
         train_pairs = pairs.filter(pc.invert(in_test))
     return WindowData(train, test, train_pairs, holdout)
+
+
+def apply_retention(work_dir: Path, end: date, retention_days: int) -> list[str]:
+    """Delete every day partition (all tables) and day marker older than ``end - retention_days``.
+
+    Keyed to the data interval's end, never the wall clock, so reruns delete the same days.
+    Returns the days removed, oldest first.
+    """
+    import shutil
+
+    cutoff = end - timedelta(days=retention_days)
+    removed: set[str] = set()
+    for partition in sorted(work_dir.glob("*/dt=*")):
+        day = partition.name.removeprefix("dt=")
+        if date.fromisoformat(day) < cutoff:
+            marker = day_marker_path(work_dir, day)
+            marker.unlink(missing_ok=True)  # incomplete first, then gone
+            shutil.rmtree(partition)
+            removed.add(day)
+    for marker in sorted((work_dir / DAYS_MARKERS).glob("*.json")):
+        if date.fromisoformat(marker.stem) < cutoff:
+            marker.unlink()
+            removed.add(marker.stem)
+    return sorted(removed)

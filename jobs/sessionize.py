@@ -313,6 +313,8 @@ def _commit_day(work_dir: Path, staging: Path, day: str, source: str) -> dict:
         staged = staging / table / f"{C.DAY}={day}"
         for junk in staged.glob(".*.crc") if staged.exists() else []:
             junk.unlink()
+        for i, part in enumerate(sorted(staged.glob("*.parquet")) if staged.exists() else []):
+            part.rename(staged / f"part-{i:05d}.parquet")  # stable names: reruns look alike
         _replace_dir(staged, day_partition(work_dir, table, day))
         files = sorted(day_partition(work_dir, table, day).glob("*.parquet"))
         tables = [pq.read_table(f) for f in files]

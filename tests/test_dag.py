@@ -30,6 +30,7 @@ def test_dag_folder_has_no_import_errors(airflow_db: Path) -> None:
         "evaluate",
         "gate",
         "publish",
+        "retention",
     }
     assert dag.max_active_runs == 1
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -239,3 +240,22 @@ def test_missing_pairs_give_an_empty_typed_pairs_table() -> None:
         assert window.train_pairs.num_rows == 0
         assert window.train_pairs.column("context_item").type == pa.string()
         assert window.train_pairs.column("booked_item").type == pa.string()
+
+
+def test_retention_deletes_only_days_before_the_cutoff(tmp_path: Path) -> None:
+    from embedding.window import apply_retention, day_marker_path
+
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
+        for table in ("sessions", "booking_pairs"):
+            (tmp_path / table / f"dt={day}").mkdir(parents=True)
+            (tmp_path / table / f"dt={day}" / "part-00000.parquet").write_bytes(b"x")
+        day_marker_path(tmp_path, day).parent.mkdir(exist_ok=True)
+        day_marker_path(tmp_path, day).write_text("{}")
+    removed = apply_retention(tmp_path, end=date(2026, 1, 4), retention_days=2)
+    assert removed == ["2026-01-01"]
+    assert sorted(p.name for p in (tmp_path / "sessions").iterdir()) == [
+        "dt=2026-01-02",
+        "dt=2026-01-03",
+    ]
+    assert not day_marker_path(tmp_path, "2026-01-01").exists()
+    assert apply_retention(tmp_path, end=date(2026, 1, 4), retention_days=2) == []

@@ -4,6 +4,7 @@ and a property: every input row ends in exactly one place."""
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -189,3 +190,40 @@ def test_every_row_ends_in_exactly_one_place(spark, tmp_path_factory, rows) -> N
     sessions = load_table(tmp / "work", "sessions", days)
     n_items = sum(len(x) for x in sessions.column("item_ids").to_pylist()) if sessions else 0
     assert n_items == r.session_items
+
+
+def _markers(work: Path) -> dict[str, dict]:
+    out = {}
+    for marker in sorted((work / "_days").glob("*.json")):
+        stats = json.loads(marker.read_text())
+        stats.pop("source")
+        out[marker.stem] = stats
+    return out
+
+
+def _files(work: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(work))
+        for p in work.rglob("*")
+        if p.is_file() and "quarantine" not in p.parts
+    )
+
+
+@pytest.mark.slow
+def test_seven_day_run_equals_seven_one_day_runs_and_reruns_change_nothing(
+    spark, tmp_path: Path
+) -> None:
+    from embedding.generate import generate_clicklog
+
+    clicks = tmp_path / "clicks"
+    generate_clicklog(clicks, events=20_000, days=7, seed=11)
+    cfg = small_config(**{"sessionize.hash_user_ids": True})
+    week = run_sessionize(cfg, clicks, tmp_path / "week")
+    assert len(week.days) == 7
+    for day in week.days:
+        run_sessionize(cfg, clicks, tmp_path / "daily", [date.fromisoformat(day)])
+    assert _markers(tmp_path / "week") == _markers(tmp_path / "daily")
+    files_before, markers_before = _files(tmp_path / "week"), _markers(tmp_path / "week")
+    run_sessionize(cfg, clicks, tmp_path / "week")
+    assert _files(tmp_path / "week") == files_before
+    assert _markers(tmp_path / "week") == markers_before
