@@ -15,7 +15,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 
-.PHONY: help install run serve test test-fast lint fmt bench clean
+.PHONY: help install run serve test test-fast lint fmt bench clean spark-up spark-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -65,3 +65,9 @@ bench: install ## skip-gram throughput vs raw gensim on the same corpus -> bench
 
 clean: ## remove generated data, published versions and the Airflow home (keeps .venv)
 	rm -rf data publish .airflow bench/results spark-warehouse
+
+spark-up: install ## start a standalone Spark master and worker on 127.0.0.1:7077 (UI: see output)
+	$(PY) -m jobs.cluster up
+
+spark-down: ## stop the standalone Spark cluster
+	$(PY) -m jobs.cluster down

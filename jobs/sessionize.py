@@ -508,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conf", type=Path, default=PROJECT_ROOT / "conf" / "default.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--days", default=None, help="comma-separated days (default: all)")
+    parser.add_argument("--result-json", type=Path, default=None, help="also write the summary")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -520,7 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     except EmbeddingError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201
         return exc.exit_code
-    print(json.dumps(result.to_dict(), indent=1))  # noqa: T201
+    summary = json.dumps(result.to_dict(), indent=1)
+    if args.result_json:
+        args.result_json.write_text(summary)
+    print(summary)  # noqa: T201
     return 0
 
 

@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 def get_spark(cfg: SparkConfig, app_name: str = "item-embeddings") -> SparkSession:
     """Return the active session, or start one on ``cfg.master`` (UTC, UI off, quiet logs).
 
+    One code path for every master: ``local[N]`` by default, ``spark://host:port`` for a
+    standalone cluster (``--set spark.master=...``), or whatever ``spark-submit --master`` says.
     Settings that need a fresh JVM (driver memory) apply only when no session is running yet.
     """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -23,10 +25,14 @@ def get_spark(cfg: SparkConfig, app_name: str = "item-embeddings") -> SparkSessi
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    logger.info("starting Spark on %s", cfg.master)
+    builder = SparkSession.builder
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # under spark-submit: its --master decides
+        logger.info("starting Spark under spark-submit")
+    else:
+        logger.info("starting Spark on %s", cfg.master)
+        builder = builder.master(cfg.master)
     spark = (
-        SparkSession.builder.master(cfg.master)
-        .appName(app_name)
+        builder.appName(app_name)
         .config("spark.driver.memory", cfg.driver_memory)
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
