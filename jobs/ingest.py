@@ -198,25 +198,20 @@ def quarantine_reason(ingest: IngestConfig, ts_max: datetime | None) -> Column:
     )
 
 
-@dataclass(frozen=True)
-class ValidatedClicks:
-    events: DataFrame  # valid item events, canonical columns plus ``dt``
-    quarantined: DataFrame  # source columns (as strings), reason, source_file
-    dropped: DataFrame  # rows mapped to drop
+def flag_rows(mapped: DataFrame, ingest: IngestConfig, ts_max: datetime | None = None) -> DataFrame:
+    """Mapped rows with their quarantine ``reason`` (null: valid, or mapped to drop)."""
+    return mapped.withColumn(C.REASON, quarantine_reason(ingest, ts_max))
 
 
-def split_valid(
-    mapped: DataFrame, ingest: IngestConfig, ts_max: datetime | None = None
-) -> ValidatedClicks:
-    """Split mapped rows into valid events, quarantined rows and dropped (non-item) rows."""
-    flagged = mapped.withColumn(C.REASON, quarantine_reason(ingest, ts_max))
-    quarantined = flagged.where(F.col(C.REASON).isNotNull()).select(
-        "raw.*", C.REASON, C.SOURCE_FILE
-    )
-    dropped = flagged.where(F.col(C.REASON).isNull() & (F.col(C.EVENT) == C.DROP))
-    events = (
+def quarantined_rows(flagged: DataFrame) -> DataFrame:
+    """Rejected rows as the source had them (as strings), with the reason and source file."""
+    return flagged.where(F.col(C.REASON).isNotNull()).select("raw.*", C.REASON, C.SOURCE_FILE)
+
+
+def valid_events(flagged: DataFrame) -> DataFrame:
+    """Valid item events in canonical columns, plus their UTC day ``dt``."""
+    return (
         flagged.where(F.col(C.REASON).isNull() & (F.col(C.EVENT) != C.DROP))
         .drop(C.REASON, "raw", "_bad_seq")
         .withColumn(C.DAY, F.date_format(C.TS, "yyyy-MM-dd"))
     )
-    return ValidatedClicks(events=events, quarantined=quarantined, dropped=dropped)

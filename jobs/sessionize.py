@@ -43,7 +43,14 @@ from embedding.config import Config, SessionizeConfig
 from embedding.errors import EmbeddingError, InputError
 from embedding.window import day_marker_path
 from jobs import columns as C
-from jobs.ingest import inspect_input, map_columns, read_clicks, split_valid
+from jobs.ingest import (
+    flag_rows,
+    inspect_input,
+    map_columns,
+    quarantined_rows,
+    read_clicks,
+    valid_events,
+)
 from jobs.spark import get_spark
 
 logger = logging.getLogger(__name__)
@@ -78,12 +85,13 @@ def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
     """Give each event a ``session_id``: a new session starts after a pause longer than
     ``gap_minutes``, at UTC midnight, or when the source's session id changes.
 
-    Adds ``cut_at_midnight`` (bool): the session's first event would have continued the
-    previous day's session without the midnight rule (only seen when that day is in the run).
+    Adds ``dwell_s`` (seconds to the next event of the same session; null for a session's last
+    event) and ``cut_at_midnight`` (the session's first event would have continued the previous
+    day's session without the midnight rule; seen only when that day is in the run). Every
+    window here is ordered per user, so Spark sorts the events once and shuffles them once.
     """
     by_user = Window.partitionBy(C.USER_ID).orderBy(*_order())
     prev_ts = F.lag(C.TS).over(by_user)
-    prev_day = F.lag(C.DAY).over(by_user)
     prev_source = F.lag(C.SOURCE_SESSION_ID).over(by_user)
     gap_s = F.col(C.TS).cast("double") - prev_ts.cast("double")
     continues = (
@@ -91,30 +99,40 @@ def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
         & (gap_s <= gap_minutes * 60)
         & F.col(C.SOURCE_SESSION_ID).eqNullSafe(prev_source)
     )
-    flagged = events.withColumn("_continues", continues).withColumn("_prev_day", prev_day)
-    starts = ~F.col("_continues") | (F.col("_prev_day") != F.col(C.DAY))
+    flagged = (
+        events.withColumn("_continues", continues)
+        .withColumn("_prev_day", F.lag(C.DAY).over(by_user))
+        .withColumn("_start", ~F.col("_continues") | (F.col("_prev_day") != F.col(C.DAY)))
+        .withColumn("_next_start", F.lead("_start").over(by_user))
+        .withColumn("_next_ts", F.lead(C.TS).over(by_user))
+    )
+    dwell_s = F.when(
+        F.col("_next_start") == F.lit(False),
+        F.col("_next_ts").cast("double") - F.col(C.TS).cast("double"),
+    )
     user_day = Window.partitionBy(C.USER_ID, C.DAY).orderBy(*_order())
     numbered = flagged.withColumn(
-        "_n", F.sum(starts.cast("int")).over(user_day.rowsBetween(Window.unboundedPreceding, 0))
+        "_n",
+        F.sum(F.col("_start").cast("int")).over(user_day.rowsBetween(Window.unboundedPreceding, 0)),
     )
     session_id = F.concat_ws(":", C.USER_ID, C.DAY, F.lpad(F.col("_n").cast("string"), 4, "0"))
     midnight = F.col("_continues") & (F.col("_prev_day") != F.col(C.DAY))
     return (
         numbered.withColumn(C.SESSION_ID, session_id)
+        .withColumn("dwell_s", dwell_s)
         .withColumn("cut_at_midnight", midnight)
-        .drop("_continues", "_prev_day", "_n")
+        .drop("_continues", "_prev_day", "_start", "_next_start", "_next_ts", "_n")
     )
 
 
-def drop_short_dwell(events: DataFrame, min_dwell_s: float | None) -> DataFrame:
-    """Drop non-booking events left within ``min_dwell_s`` seconds for the next event of the
-    same session (Airbnb: accidental clicks); a session's last event is always kept."""
+def mark_short_dwell(events: DataFrame, min_dwell_s: float | None) -> DataFrame:
+    """Flag (``is_short_dwell``) non-booking events left within ``min_dwell_s`` seconds for the
+    next event of the same session (Airbnb: accidental clicks); a session's last event never is.
+    """
     if not min_dwell_s:
-        return events
-    in_session = Window.partitionBy(C.SESSION_ID).orderBy(*_order())
-    dwell_s = F.lead(C.TS).over(in_session).cast("double") - F.col(C.TS).cast("double")
-    short = dwell_s.isNotNull() & (dwell_s < min_dwell_s) & (F.col(C.EVENT) != C.BOOK)
-    return events.withColumn("_short", short).where(~F.col("_short")).drop("_short")
+        return events.withColumn("is_short_dwell", F.lit(False))
+    short = F.col("dwell_s").isNotNull() & (F.col("dwell_s") < min_dwell_s)
+    return events.withColumn("is_short_dwell", short & (F.col(C.EVENT) != C.BOOK))
 
 
 def _ordered_events(events: DataFrame) -> DataFrame:
@@ -358,20 +376,37 @@ def _rule_counts(sessions: DataFrame) -> dict[str, int]:
     return {k: int(v or 0) for k, v in row.asDict().items()}
 
 
-def _validate(cfg: Config, input_path: Path, days: list[date] | None) -> tuple:
-    """Read, map and split the click log: (mapped rows, cached; ``ValidatedClicks``)."""
+def _read_flagged(cfg: Config, input_path: Path, days: list[date] | None) -> DataFrame:
+    """Source rows mapped onto the contract, each with its quarantine ``reason`` (or null)."""
     info = inspect_input(input_path, cfg.source)
-    spark = get_spark(cfg.spark)
-    raw = read_clicks(spark, info)
+    raw = read_clicks(get_spark(cfg.spark), info)
     if days and "dt" in raw.columns and "dt" not in cfg.source.columns.present().values():
         lo, hi = min(days) - timedelta(days=1), max(days) + timedelta(days=1)
         raw = raw.where(F.col("dt").cast("date").between(F.lit(lo), F.lit(hi)))
-    mapped = map_columns(raw, cfg.source).cache()
     ts_max = None
     if days:
         end = datetime.combine(max(days) + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
         ts_max = end + timedelta(hours=cfg.ingest.lateness_hours)
-    return mapped, split_valid(mapped, cfg.ingest, ts_max)
+    return flag_rows(map_columns(raw, cfg.source), cfg.ingest, ts_max)
+
+
+def _count_rows(flagged: DataFrame) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """One pass over the source: rows dropped per source event, quarantined per reason, and
+    valid per day."""
+    kind = (
+        F.when(F.col(C.REASON).isNotNull(), "bad")
+        .when(F.col(C.EVENT) == C.DROP, "drop")
+        .otherwise("valid")
+    )
+    key = (
+        F.when(F.col(C.REASON).isNotNull(), F.col(C.REASON))
+        .when(F.col(C.EVENT) == C.DROP, F.col(C.SOURCE_EVENT))
+        .otherwise(F.date_format(C.TS, "yyyy-MM-dd"))
+    )
+    counts: dict[str, dict[str, int]] = {"bad": {}, "drop": {}, "valid": {}}
+    for row in flagged.groupBy(kind.alias("kind"), key.alias("key")).count().collect():
+        counts[row["kind"]][str(row["key"])] = int(row["count"])
+    return tuple(dict(sorted(counts[k].items())) for k in ("drop", "bad", "valid"))
 
 
 def run_sessionize(
@@ -383,62 +418,67 @@ def run_sessionize(
         InputError: missing/empty input, missing columns, no valid events, too many bad rows.
     """
     started = time.monotonic()
-    mapped, split = _validate(cfg, input_path, days)
-    try:
-        rows_read = mapped.count()
-        if rows_read == 0:
-            raise InputError(f"{input_path}: the click log has no rows")
-        dropped = _count_by(split.dropped, C.SOURCE_EVENT)
-        bad = _count_by(split.quarantined, C.REASON)
-        n_bad = sum(bad.values())
-        item_rows = rows_read - sum(dropped.values())
-        if item_rows and n_bad / item_rows > cfg.ingest.max_bad_share:
-            raise InputError(
-                f"{input_path}: {n_bad} of {item_rows} item rows ({n_bad / item_rows:.1%}) failed "
-                f"validation {bad}, above ingest.max_bad_share={cfg.ingest.max_bad_share}"
-            )
-        valid = split.events.cache()
-        n_valid = valid.count()
-        events = valid.dropDuplicates(EVENT_KEY)
-        n_unique = events.count()
-        if days is None:
-            found = sorted(r[C.DAY] for r in events.select(C.DAY).distinct().collect())
-            if not found:
-                raise InputError(f"{input_path}: no valid item events ({n_bad} rows quarantined)")
-            first, last = date.fromisoformat(found[0]), date.fromisoformat(found[-1])
-            days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-        day_strs = sorted({d.isoformat() for d in days})
-        result = SessionizeResult(
-            days=day_strs,
-            work_dir=str(work_dir),
-            rows_read=rows_read,
-            dropped_by_type=dropped,
-            quarantined_by_reason=bad,
-            duplicates=n_valid - n_unique,
+    flagged = _read_flagged(cfg, input_path, days)
+    dropped, bad, valid_by_day = _count_rows(flagged)
+    rows_read = sum(dropped.values()) + sum(bad.values()) + sum(valid_by_day.values())
+    if rows_read == 0:
+        raise InputError(f"{input_path}: the click log has no rows")
+    n_bad = sum(bad.values())
+    item_rows = rows_read - sum(dropped.values())
+    if item_rows and n_bad / item_rows > cfg.ingest.max_bad_share:
+        raise InputError(
+            f"{input_path}: {n_bad} of {item_rows} item rows ({n_bad / item_rows:.1%}) failed "
+            f"validation {bad}, above ingest.max_bad_share={cfg.ingest.max_bad_share}"
         )
-        in_days = events.where(F.col(C.DAY).isin(day_strs))
-        result.events_valid = in_days.count()
-        result.outside_days = n_unique - result.events_valid
-        if result.events_valid == 0:
-            raise InputError(
-                f"{input_path}: no valid item events on {day_strs[0]}..{day_strs[-1]} "
-                f"({n_unique} valid events elsewhere, {n_bad} quarantined)"
-            )
-        rules = cfg.sessionize
-        if rules.hash_user_ids:
-            salt = _user_salt(rules)
-            result.user_salt_fingerprint = hashlib.sha256(salt.encode()).hexdigest()[:12]
-            in_days = hash_users(in_days, salt)
-        staging = work_dir / ".staging" / f"{day_strs[0]}_{day_strs[-1]}"
-        shutil.rmtree(staging, ignore_errors=True)
-        if n_bad:
-            qpath = work_dir / "quarantine" / f"{day_strs[0]}_{day_strs[-1]}"
-            split.quarantined.coalesce(1).write.mode("overwrite").parquet(str(qpath))
-            result.quarantine_path = str(qpath)
-            logger.warning("quarantined %d rows %s -> %s", n_bad, bad, qpath)
-        sessionized = cut_sessions(in_days, rules.gap_minutes)
-        kept_events = drop_short_dwell(sessionized, rules.min_dwell_s).cache()
-        result.short_dwell_dropped = result.events_valid - kept_events.count()
+    if days is None:
+        if not valid_by_day:
+            raise InputError(f"{input_path}: no valid item events ({n_bad} rows quarantined)")
+        first, last = date.fromisoformat(min(valid_by_day)), date.fromisoformat(max(valid_by_day))
+        days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    day_strs = sorted({d.isoformat() for d in days})
+    in_days_valid = sum(valid_by_day.get(d, 0) for d in day_strs)
+    result = SessionizeResult(
+        days=day_strs,
+        work_dir=str(work_dir),
+        rows_read=rows_read,
+        dropped_by_type=dropped,
+        quarantined_by_reason=bad,
+        outside_days=sum(valid_by_day.values()) - in_days_valid,
+    )
+    if in_days_valid == 0:
+        raise InputError(
+            f"{input_path}: no valid item events on {day_strs[0]}..{day_strs[-1]} "
+            f"({result.outside_days} valid events elsewhere, {n_bad} quarantined)"
+        )
+    staging = work_dir / ".staging" / f"{day_strs[0]}_{day_strs[-1]}"
+    shutil.rmtree(staging, ignore_errors=True)
+    if n_bad:
+        qpath = work_dir / "quarantine" / f"{day_strs[0]}_{day_strs[-1]}"
+        quarantined_rows(flagged).coalesce(1).write.mode("overwrite").parquet(str(qpath))
+        result.quarantine_path = str(qpath)
+        logger.warning("quarantined %d rows %s -> %s", n_bad, bad, qpath)
+    # hash-partitioned by user once: the dedupe and every session window reuse that layout
+    events = (
+        valid_events(flagged)
+        .where(F.col(C.DAY).isin(day_strs))
+        .repartition(C.USER_ID)
+        .dropDuplicates(EVENT_KEY)
+    )
+    rules = cfg.sessionize
+    if rules.hash_user_ids:
+        salt = _user_salt(rules)
+        result.user_salt_fingerprint = hashlib.sha256(salt.encode()).hexdigest()[:12]
+        events = hash_users(events, salt)
+    sessionized = mark_short_dwell(cut_sessions(events, rules.gap_minutes), rules.min_dwell_s)
+    sessionized = sessionized.cache()
+    kept_events = sessionized.where(~F.col("is_short_dwell"))
+    try:
+        totals = sessionized.agg(
+            F.count("*").alias("n"), F.sum(F.col("is_short_dwell").cast("long")).alias("short")
+        ).first()
+        result.events_valid = int(totals["n"])
+        result.duplicates = in_days_valid - result.events_valid
+        result.short_dwell_dropped = int(totals["short"] or 0)
         all_sessions = build_sessions(_ordered_events(kept_events), rules).cache()
         for key, value in _rule_counts(all_sessions).items():
             setattr(result, key, value)
@@ -446,21 +486,15 @@ def run_sessionize(
         conversions = extract_conversions(sessions).cache()
         frames = {
             SESSIONS: sessions.select(
-                C.SESSION_ID,
-                C.USER_ID,
-                C.MARKET,
-                C.START_TS,
-                C.ITEM_IDS,
-                C.BOOKED_ITEMS,
-                C.N_EVENTS,
-                C.DAY,
+                C.SESSION_ID, C.USER_ID, C.MARKET, C.START_TS, C.ITEM_IDS, C.BOOKED_ITEMS,
+                C.N_EVENTS, C.DAY,
             ),
             CONVERSIONS: conversions,
             BOOKING_PAIRS: extract_booking_pairs(conversions),
             ITEM_STATS: item_stats(kept_events),
-        }
+        }  # fmt: skip
         if cfg.source.items_from_shown:
-            frames[ITEMS] = items_from_shown(in_days)
+            frames[ITEMS] = items_from_shown(kept_events)
         for table, frame in frames.items():
             frame.repartition(C.DAY).sortWithinPartitions(*TABLES[table]).write.mode(
                 "overwrite"
@@ -470,10 +504,10 @@ def run_sessionize(
             result.conversions += stats[f"n_{CONVERSIONS}"]
             result.booking_pairs += stats[f"n_{BOOKING_PAIRS}"]
         shutil.rmtree(staging, ignore_errors=True)
-        for frame in (valid, kept_events, all_sessions, conversions):
-            frame.unpersist()
+        all_sessions.unpersist()
+        conversions.unpersist()
     finally:
-        mapped.unpersist()
+        sessionized.unpersist()
     result.seconds = round(time.monotonic() - started, 2)
     logger.info(
         "sessionized %d days in %.1f s (%.0f rows/s): %d rows, %d valid events, %d sessions, "
