@@ -15,7 +15,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 
-.PHONY: help install run serve test test-fast lint fmt bench clean spark-up spark-down
+.PHONY: help install run serve test test-fast lint fmt bench bench-train bench-data clean spark-up spark-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,8 +60,13 @@ lint: install ## ruff check and format check
 fmt: install ## ruff format and autofix
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
-bench: install ## skip-gram throughput vs raw gensim on the same corpus -> bench/results/
+bench: bench-train bench-data ## every benchmark -> bench/results/
+
+bench-train: install ## skip-gram wrapper vs raw gensim on the same corpus -> bench/results/train.json
 	$(PY) -m bench.bench_train
+
+bench-data: install ## Spark sessionize vs the same rules in DuckDB, 1M/3M/10M events -> bench/results/data.json
+	$(PY) -m bench.bench_data
 
 clean: ## remove generated data, published versions and the Airflow home (keeps .venv)
 	rm -rf data publish .airflow bench/results spark-warehouse

@@ -209,8 +209,9 @@ def _sessions_sql(collapse_repeats: bool, max_length: int, min_distinct: int) ->
     return f"""
         WITH per_session AS (
             SELECT user_id, dt, n,
-                list({{'ts': ts, 'item_id': item_id, 'event': event, 'market': market}}
-                     ORDER BY {EVENT_ORDER}) AS evs,
+                list_sort(list({{'ts': ts, 'item_id': item_id, 'event': event,
+                                 'has_market': market IS NOT NULL, 'market': market}}),
+                          'ASC', 'NULLS FIRST') AS evs,
                 count(*)::INTEGER AS n_events,
                 bool_or(midnight)::INTEGER AS cut_at_midnight
             FROM kept GROUP BY user_id, dt, n
@@ -224,7 +225,8 @@ def _sessions_sql(collapse_repeats: bool, max_length: int, min_distinct: int) ->
             SELECT *, {collapsed} AS collapsed FROM with_items
         )
         SELECT
-            user_id || ':' || dt || ':' || lpad(n::VARCHAR, 4, '0') AS session_id,
+            user_id || ':' || CAST(dt AS VARCHAR) || ':' || lpad(n::VARCHAR, 4, '0')
+                AS session_id,
             user_id, dt, evs, items, n_events, cut_at_midnight,
             evs[1].market AS market,
             evs[1].ts AS start_ts,
@@ -386,7 +388,7 @@ def run_duckdb_sessionize(
                 f"""CREATE TEMP TABLE events AS
                 SELECT {user if rules.hash_user_ids else "user_id"} AS user_id,
                     ts, item_id, event, market,
-                    strftime(timezone('UTC', ts), '%Y-%m-%d') AS dt
+                    CAST(timezone('UTC', ts) AS DATE) AS dt
                 FROM (SELECT DISTINCT user_id, ts, item_id, event, market FROM flagged
                       WHERE reason IS NULL AND event <> '{C.DROP}')"""
             )
@@ -396,10 +398,9 @@ def run_duckdb_sessionize(
             if n_unique == 0:
                 raise InputError(f"{input_path}: no valid item events ({n_bad} rows quarantined)")
             t = step("dedup", t)
-            first_day, last_day = (datetime.date.fromisoformat(d) for d in (first, last))
             days = [
-                (first_day + datetime.timedelta(days=i)).isoformat()
-                for i in range((last_day - first_day).days + 1)
+                (first + datetime.timedelta(days=i)).isoformat()
+                for i in range((last - first).days + 1)
             ]
             result = SessionizeResult(
                 days=days,
