@@ -5,13 +5,14 @@ Input: a Parquet click log as ``embedding.generate`` writes it, read with a conf
 shown items, timestamps stored as Parquet timestamps). Output: what ``run_sessionize(cfg, input,
 work_dir)`` writes with ``days=None``, table for table: ``<table>/dt=D/part-NNNNN.parquet`` for
 sessions, conversions, booking_pairs and item_stats (``items`` stays an empty partition), the day
-markers ``_days/D.json`` (written by the Spark job's own ``_commit_day``, so counts and content
+markers ``_days/D.json`` (written by the Spark job's own ``commit_day``, so counts and content
 hashes are computed the same way) and, when rows were rejected, ``quarantine/<first>_<last>/``.
 The rules are the Spark job's, including its floating-point seconds (``cast(ts as double)``) for
 the gap and dwell tests. Where Spark leaves a tie to chance, this picks one outcome:
 
-- events sharing (user, ts, seq, item) are ordered by event, then market (nulls first): the order
-  Spark's ``sort_array`` uses inside a session, which its window functions do not;
+- events sharing (user, ts, seq, item) are ordered by event, then market (nulls first) in every
+  step: the order Spark's ``sort_array`` gives a session's events, while its windows (session
+  cuts, short dwell) leave such ties in whatever order the shuffle delivered them;
 - a booking pair's market is that of the session's first booking of the item (Spark's
   ``dropDuplicates`` keeps any one).
 
@@ -51,7 +52,7 @@ from jobs.sessionize import (
     SESSIONS,
     TABLES,
     SessionizeResult,
-    _commit_day,
+    commit_day,
     day_partition,
 )
 
@@ -200,7 +201,11 @@ def _sessionize_sql(gap_s: float, min_dwell_s: float | None) -> str:
 
 
 def _sessions_sql(collapse_repeats: bool, max_length: int, min_distinct: int) -> str:
-    """One row per session (kept or not), as ``jobs.sessionize.build_sessions``."""
+    """One row per session (kept or not), as ``jobs.sessionize.build_sessions``.
+
+    ``evs`` is sorted like Spark's ``sort_array`` of (ts, item, event, market): ``has_market``
+    puts a null market first, as Spark does (DuckDB sorts a null struct field last).
+    """
     collapsed = (
         "list_filter(items, lambda x, i: i = 1 OR x <> items[i - 1])"
         if collapse_repeats
@@ -225,7 +230,7 @@ def _sessions_sql(collapse_repeats: bool, max_length: int, min_distinct: int) ->
             SELECT *, {collapsed} AS collapsed FROM with_items
         )
         SELECT
-            user_id || ':' || CAST(dt AS VARCHAR) || ':' || lpad(n::VARCHAR, 4, '0')
+            user_id || ':' || CAST(dt AS VARCHAR) || ':' || printf('%04d', n)
                 AS session_id,
             user_id, dt, evs, items, n_events, cut_at_midnight,
             evs[1].market AS market,
@@ -457,7 +462,7 @@ def run_duckdb_sessionize(
                 )
             t = step("write", t)
         for day in days:
-            stats = _commit_day(out_dir, staging, day, str(input_path))
+            stats = commit_day(out_dir, staging, day, str(input_path))
             result.conversions += stats[f"n_{CONVERSIONS}"]
             result.booking_pairs += stats[f"n_{BOOKING_PAIRS}"]
         shutil.rmtree(staging, ignore_errors=True)

@@ -78,7 +78,9 @@ def hash_users(events: DataFrame, salt: str) -> DataFrame:
 
 
 def _order(*extra: str | Column) -> list:
-    return [*extra, C.TS, F.coalesce(F.col(C.SEQ), F.lit(0)), C.ITEM_ID]
+    """Event order: ts, then seq, then item_id; event and market break the last ties, so a
+    rerun always sees the same order (the same as sorting the session's event structs)."""
+    return [*extra, C.TS, F.coalesce(F.col(C.SEQ), F.lit(0)), C.ITEM_ID, C.EVENT, C.MARKET]
 
 
 def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
@@ -115,7 +117,7 @@ def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
         "_n",
         F.sum(F.col("_start").cast("int")).over(user_day.rowsBetween(Window.unboundedPreceding, 0)),
     )
-    session_id = F.concat_ws(":", C.USER_ID, C.DAY, F.lpad(F.col("_n").cast("string"), 4, "0"))
+    session_id = F.concat_ws(":", C.USER_ID, C.DAY, F.format_string("%04d", F.col("_n")))
     midnight = F.col("_continues") & (F.col("_prev_day") != F.col(C.DAY))
     return (
         numbered.withColumn(C.SESSION_ID, session_id)
@@ -204,14 +206,17 @@ def extract_conversions(sessions: DataFrame) -> DataFrame:
 
 
 def extract_booking_pairs(conversions: DataFrame) -> DataFrame:
-    """(context item -> booked item) per session; the pair's market is the booked item's."""
-    return conversions.select(
+    """(context item -> booked item) per session; the pair's market is the booked item's (at
+    its first booking in the session, when it was booked more than once)."""
+    exploded = conversions.select(
         C.SESSION_ID,
         F.explode("context_items").alias(C.CONTEXT_ITEM),
         C.BOOKED_ITEM,
         C.MARKET,
+        "position",
         C.DAY,
-    ).dropDuplicates(PAIR_SORT)
+    )
+    return exploded.groupBy(*PAIR_SORT, C.DAY).agg(F.min_by(C.MARKET, "position").alias(C.MARKET))
 
 
 def item_stats(events: DataFrame) -> DataFrame:
@@ -322,7 +327,7 @@ def _replace_dir(src: Path | None, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _commit_day(work_dir: Path, staging: Path, day: str, source: str) -> dict:
+def commit_day(work_dir: Path, staging: Path, day: str, source: str) -> dict:
     """Move one day's staged partitions into place, then write its completion marker."""
     marker = day_marker_path(work_dir, day)
     marker.unlink(missing_ok=True)  # the day is incomplete until the new marker lands
@@ -500,7 +505,7 @@ def run_sessionize(
                 "overwrite"
             ).partitionBy(C.DAY).parquet(str(staging / table))
         for day in day_strs:
-            stats = _commit_day(work_dir, staging, day, str(input_path))
+            stats = commit_day(work_dir, staging, day, str(input_path))
             result.conversions += stats[f"n_{CONVERSIONS}"]
             result.booking_pairs += stats[f"n_{BOOKING_PAIRS}"]
         shutil.rmtree(staging, ignore_errors=True)
