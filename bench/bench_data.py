@@ -34,7 +34,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +44,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.common import git_commit, git_dirty
 from bench.duckdb_sessionize import (
     CHECK_OVERRIDES,
     DEFAULT_CONF,
@@ -53,7 +53,6 @@ from bench.duckdb_sessionize import (
     run_duckdb_sessionize,
     start_spark,
 )
-from embedding import PROJECT_ROOT
 from embedding.config import Config, load_config
 from embedding.generate import generate_clicklog
 
@@ -181,37 +180,6 @@ def scaling_exponent(events: Sequence[int], seconds: Sequence[float]) -> float |
         [math.log(e) for e in events], [math.log(s) for s in seconds]
     )
     return slope
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def git_dirty() -> bool | None:
-    """True when tracked files differ from ``commit`` (the jobs timed may not be the commit's)."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip())
 
 
 def timed(run: Callable[[], dict]) -> tuple[float, dict]:

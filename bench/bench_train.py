@@ -35,7 +35,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from embedding import PROJECT_ROOT
+from bench.common import git_commit, git_dirty
 from embedding.config import SessionizeConfig, Word2VecParams
 from embedding.generate import GROUND_TRUTH_FILE, generate_clicklog
 from embedding.train_w2v import SessionCorpus, normalize_rows, train_word2vec
@@ -200,37 +199,6 @@ def run_reference(
     )
     elapsed = time.perf_counter() - started
     return elapsed, list(model.wv.index_to_key), normalize_rows(np.asarray(model.wv.vectors))
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def git_dirty() -> bool | None:
-    """True when the working tree has changes against ``commit`` (None: not a git checkout)."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip())
 
 
 def peak_rss_mib() -> float:

@@ -47,6 +47,17 @@ def small_config(**overrides: object) -> Config:
     return load_config(ROOT / "conf" / "default.yaml", [f"{k}={v}" for k, v in as_yaml.items()])
 
 
+def day_markers(work: Path) -> dict[str, dict]:
+    """The per-day completion markers of a work folder (counts and content hashes), minus the
+    input path, so runs over different copies of a log compare equal."""
+    out = {}
+    for marker in sorted((work / "_days").glob("*.json")):
+        stats = json.loads(marker.read_text())
+        stats.pop("source")
+        out[marker.stem] = stats
+    return out
+
+
 @pytest.fixture(scope="session")
 def spark():
     from embedding.config import SparkConfig

@@ -10,21 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, small_config
+from conftest import ROOT, day_markers, small_config
 
 from jobs.cluster import spark_bin, start_cluster
 from jobs.sessionize import run_sessionize
 
 pytestmark = pytest.mark.slow
-
-
-def _markers(work: Path) -> dict[str, dict]:
-    out = {}
-    for marker in sorted((work / "_days").glob("*.json")):
-        stats = json.loads(marker.read_text())
-        stats.pop("source")
-        out[marker.stem] = stats
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +53,9 @@ def test_cluster_output_equals_local(cluster, spark, tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert by_config.returncode == 0, by_config.stderr[-3000:]
-    local = _markers(tmp_path / "local")
+    local = day_markers(tmp_path / "local")
     assert len(local) == 2
-    assert _markers(tmp_path / "submit") == local
-    assert _markers(tmp_path / "conf") == local
+    assert day_markers(tmp_path / "submit") == local
+    assert day_markers(tmp_path / "conf") == local
     logs = "".join(p.read_text(errors="replace") for p in Path(cluster.log_dir).glob("*.log"))
     assert "Registering app" in logs or "Registered app" in logs

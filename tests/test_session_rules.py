@@ -4,14 +4,13 @@ and a property: every input row ends in exactly one place."""
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import small_config
+from conftest import day_markers, small_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -192,15 +191,6 @@ def test_every_row_ends_in_exactly_one_place(spark, tmp_path_factory, rows) -> N
     assert n_items == r.session_items
 
 
-def _markers(work: Path) -> dict[str, dict]:
-    out = {}
-    for marker in sorted((work / "_days").glob("*.json")):
-        stats = json.loads(marker.read_text())
-        stats.pop("source")
-        out[marker.stem] = stats
-    return out
-
-
 def _files(work: Path) -> list[str]:
     return sorted(
         str(p.relative_to(work))
@@ -222,8 +212,8 @@ def test_seven_day_run_equals_seven_one_day_runs_and_reruns_change_nothing(
     assert len(week.days) == 7
     for day in week.days:
         run_sessionize(cfg, clicks, tmp_path / "daily", [date.fromisoformat(day)])
-    assert _markers(tmp_path / "week") == _markers(tmp_path / "daily")
-    files_before, markers_before = _files(tmp_path / "week"), _markers(tmp_path / "week")
+    assert day_markers(tmp_path / "week") == day_markers(tmp_path / "daily")
+    files_before, markers_before = _files(tmp_path / "week"), day_markers(tmp_path / "week")
     run_sessionize(cfg, clicks, tmp_path / "week")
     assert _files(tmp_path / "week") == files_before
-    assert _markers(tmp_path / "week") == markers_before
+    assert day_markers(tmp_path / "week") == markers_before
