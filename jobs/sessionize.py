@@ -78,9 +78,24 @@ def hash_users(events: DataFrame, salt: str) -> DataFrame:
 
 
 def _order(*extra: str | Column) -> list:
-    """Event order: ts, then seq, then item_id; event and market break the last ties, so a
-    rerun always sees the same order (the same as sorting the session's event structs)."""
-    return [*extra, C.TS, F.coalesce(F.col(C.SEQ), F.lit(0)), C.ITEM_ID, C.EVENT, C.MARKET]
+    """Event order: ts, then seq, then item_id; event, market and the source session break the
+    last ties, so a rerun always sees the same order. Per-user windows lead with the day (a
+    function of ts, so the order is the same), which lets the per-(user, day) window reuse
+    their sort."""
+    seq = F.coalesce(F.col(C.SEQ), F.lit(0))
+    return [*extra, C.TS, seq, C.ITEM_ID, C.EVENT, C.MARKET, C.SOURCE_SESSION_ID]
+
+
+def drop_duplicate_events(events: DataFrame) -> DataFrame:
+    """Keep one of each set of exact duplicate events (same ``EVENT_KEY``). Duplicates sit
+    next to each other in the per-user event order, so this is a window over the same layout
+    as the session windows rather than an aggregation with sorts of its own."""
+    by_user = Window.partitionBy(C.USER_ID).orderBy(*_order(C.DAY))
+    same = [F.lag(c).over(by_user).eqNullSafe(F.col(c)) for c in EVENT_KEY if c != C.USER_ID]
+    is_duplicate = F.lag(C.TS).over(by_user).isNotNull()
+    for condition in same:
+        is_duplicate = is_duplicate & condition
+    return events.withColumn("_dup", is_duplicate).where(~F.col("_dup")).drop("_dup")
 
 
 def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
@@ -92,7 +107,7 @@ def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
     day's session without the midnight rule; seen only when that day is in the run). Every
     window here is ordered per user, so Spark sorts the events once and shuffles them once.
     """
-    by_user = Window.partitionBy(C.USER_ID).orderBy(*_order())
+    by_user = Window.partitionBy(C.USER_ID).orderBy(*_order(C.DAY))
     prev_ts = F.lag(C.TS).over(by_user)
     prev_source = F.lag(C.SOURCE_SESSION_ID).over(by_user)
     gap_s = F.col(C.TS).cast("double") - prev_ts.cast("double")
@@ -462,18 +477,15 @@ def run_sessionize(
         quarantined_rows(flagged).coalesce(1).write.mode("overwrite").parquet(str(qpath))
         result.quarantine_path = str(qpath)
         logger.warning("quarantined %d rows %s -> %s", n_bad, bad, qpath)
-    # hash-partitioned by user once: the dedupe and every session window reuse that layout
-    events = (
-        valid_events(flagged)
-        .where(F.col(C.DAY).isin(day_strs))
-        .repartition(C.USER_ID)
-        .dropDuplicates(EVENT_KEY)
-    )
+    events = valid_events(flagged).where(F.col(C.DAY).isin(day_strs)).drop(C.SOURCE_FILE)
     rules = cfg.sessionize
     if rules.hash_user_ids:
         salt = _user_salt(rules)
         result.user_salt_fingerprint = hashlib.sha256(salt.encode()).hexdigest()[:12]
         events = hash_users(events, salt)
+    # hash-partitioned by (hashed) user once: the dedupe, every session window and the
+    # per-session grouping all reuse that layout, so the events are shuffled once
+    events = drop_duplicate_events(events.repartition(C.USER_ID))
     sessionized = mark_short_dwell(cut_sessions(events, rules.gap_minutes), rules.min_dwell_s)
     sessionized = sessionized.cache()
     kept_events = sessionized.where(~F.col("is_short_dwell"))
