@@ -234,23 +234,17 @@ def extract_booking_pairs(conversions: DataFrame) -> DataFrame:
     return exploded.groupBy(*PAIR_SORT, C.DAY).agg(F.min_by(C.MARKET, "position").alias(C.MARKET))
 
 
-def item_stats(events: DataFrame, sessions: DataFrame) -> DataFrame:
+def item_stats(events: DataFrame) -> DataFrame:
     """Per item and day: events, sessions, bookings, first and last seen, and its market (the
-    most frequent one, ties by name). ``sessions`` are all sessions (kept or not) with their
-    ``events``: counting each session's distinct items there aggregates inside each partition
-    before any shuffle, where a count of distinct session ids per item would shuffle every
-    (item, session) pair."""
+    most frequent one, ties by name)."""
     per_market = events.groupBy(C.DAY, C.ITEM_ID, C.MARKET).agg(
         F.count("*").alias(C.N_EVENTS),
         F.sum((F.col(C.EVENT) == C.BOOK).cast("long")).alias("n_bookings"),
         F.min(C.TS).alias("first_seen"),
         F.max(C.TS).alias("last_seen"),
     )
-    distinct_items = F.array_distinct(F.transform("events", lambda e: e["item_id"]))
-    per_item = (
-        sessions.select(C.DAY, F.explode(distinct_items).alias(C.ITEM_ID))
-        .groupBy(C.DAY, C.ITEM_ID)
-        .agg(F.count("*").alias("n_sessions"))
+    per_item = events.groupBy(C.DAY, C.ITEM_ID).agg(
+        F.countDistinct(C.SESSION_ID).alias("n_sessions")
     )
     top_market = F.max_by(C.MARKET, F.struct(C.N_EVENTS, F.col(C.MARKET)))
     return (
@@ -514,7 +508,7 @@ def run_sessionize(
             ),
             CONVERSIONS: conversions,
             BOOKING_PAIRS: extract_booking_pairs(conversions),
-            ITEM_STATS: item_stats(kept_events, all_sessions),
+            ITEM_STATS: item_stats(kept_events),
         }  # fmt: skip
         if cfg.source.items_from_shown:
             frames[ITEMS] = items_from_shown(kept_events)
