@@ -53,6 +53,17 @@ class ColumnMap(_Frozen):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+class ItemColumnMap(_Frozen):
+    """Source column names of the optional item table (CONTRACTS §1b); its other columns are
+    kept as item attributes (price, type, ...)."""
+
+    item_id: str = "item_id"
+    market: str | None = "market"
+
+    def present(self) -> dict[str, str]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class SourceConfig(_Frozen):
     """How to read one source's click log and map it onto the contract."""
 
@@ -65,6 +76,7 @@ class SourceConfig(_Frozen):
         default_factory=lambda: {"view": "view", "click": "click", "book": "book"}
     )
     items_from_shown: bool = False  # derive the item table (CONTRACTS §1b) from shown items
+    item_columns: ItemColumnMap = ItemColumnMap()  # for an item table file (paths.items)
 
 
 class IngestConfig(_Frozen):
@@ -154,6 +166,7 @@ class ServingConfig(_Frozen):
 
 class PathsConfig(_Frozen):
     input: str | None = None  # click-log file or folder (the DAG reads it from here)
+    items: str | None = None  # optional item table file or folder (CONTRACTS §1b)
     publish_root: str = "publish"
     work_dir: str | None = None  # sessions and run artefacts; default <publish_root>/.work
 
@@ -187,6 +200,10 @@ class Config(_Frozen):
             )
         if self.source.items_from_shown and not self.source.columns.shown_items:
             raise ValueError("source.items_from_shown needs source.columns.shown_items")
+        if self.source.items_from_shown and self.paths.items:
+            raise ValueError(
+                "paths.items and source.items_from_shown both give the item table: pick one"
+            )
         return self
 
     def fingerprint(self) -> str:

@@ -36,6 +36,7 @@ class Paths:
     input: str
     publish_root: str
     work_dir: str
+    items: str | None = None  # the item table (CONTRACTS §1b), when the source has one
 
 
 def resolve_paths(
@@ -43,6 +44,7 @@ def resolve_paths(
     input_path: Path | str | None = None,
     publish_root: Path | str | None = None,
     work_dir: Path | str | None = None,
+    items_path: Path | str | None = None,
 ) -> Paths:
     """Explicit paths (CLI, relative to the cwd) win over config paths (relative to the project)."""
     p = cfg.paths
@@ -59,7 +61,11 @@ def resolve_paths(
         work = p.resolve(p.work_dir)
     else:
         work = root / ".work"
-    return Paths(str(source), str(root), str(work))
+    if items_path:
+        items = str(Path(items_path).resolve())
+    else:
+        items = str(p.resolve(p.items)) if p.items else None
+    return Paths(str(source), str(root), str(work), items)
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,8 @@ def sessionize_stage(cfg: Config, paths: Paths, days: list[date] | None) -> dict
     """Validate the click log and build the sessions of ``days`` (None: all its days)."""
     from jobs.sessionize import run_sessionize
 
-    result = run_sessionize(cfg, Path(paths.input), Path(paths.work_dir), days)
+    items = Path(paths.items) if paths.items else None
+    result = run_sessionize(cfg, Path(paths.input), Path(paths.work_dir), days, items)
     return result.to_dict()
 
 

@@ -42,11 +42,18 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
 
 
-def inspect_input(path: Path, source: SourceConfig) -> InputInfo:
-    """Check the input exists, holds data files of one format and has the mapped columns.
+def inspect_input(
+    path: Path,
+    source: SourceConfig,
+    columns: dict[str, str] | None = None,
+    config_key: str = "source.columns",
+) -> InputInfo:
+    """Check the input exists, holds data files of one format and has the mapped columns
+    (``columns``, canonical -> source name; default: the click log's, ``source.columns``).
 
     Runs before Spark starts, so bad input fails in a second with a message naming the file.
     """
+    columns = source.columns.present() if columns is None else columns
     if not path.exists():
         raise InputError(f"{path}: input not found")
     if path.is_file():
@@ -74,9 +81,7 @@ def inspect_input(path: Path, source: SourceConfig) -> InputInfo:
     for file in files:
         header = _read_header(file, fmt)
         missing = [
-            f"'{src}' (source.columns.{canon})"
-            for canon, src in source.columns.present().items()
-            if src not in header
+            f"'{src}' ({config_key}.{canon})" for canon, src in columns.items() if src not in header
         ]
         if missing:
             missing_by_file[file] = missing
@@ -85,7 +90,7 @@ def inspect_input(path: Path, source: SourceConfig) -> InputInfo:
         more = f" (and {len(missing_by_file) - 1} more files)" if len(missing_by_file) > 1 else ""
         raise InputError(
             f"{file}: missing column {', '.join(missing)}{more}; map the source's column "
-            "under source.columns in the config"
+            f"under {config_key} in the config"
         )
     return InputInfo(path=path, format=fmt, files=files, columns=header)
 
@@ -126,7 +131,7 @@ def _parse_ts(col: Column, dtype: T.DataType, kind: str) -> Column:
     )
 
 
-def _as_string(col: Column) -> Column:
+def as_string(col: Column) -> Column:
     trimmed = F.trim(col.cast("string"))
     return F.when(trimmed == "", None).otherwise(trimmed)
 
@@ -136,14 +141,14 @@ def map_columns(raw: DataFrame, source: SourceConfig) -> DataFrame:
     cols = source.columns
     dtypes = dict((f.name, f.dataType) for f in raw.schema.fields)
     event_map = F.create_map(*[F.lit(x) for kv in source.events.items() for x in kv])
-    source_event = _as_string(F.col(cols.event))
+    source_event = as_string(F.col(cols.event))
     mapped = [
-        _as_string(F.col(cols.user_id)).alias(C.USER_ID),
+        as_string(F.col(cols.user_id)).alias(C.USER_ID),
         _parse_ts(F.col(cols.ts), dtypes[cols.ts], source.ts_kind).alias(C.TS),
-        _as_string(F.col(cols.item_id)).alias(C.ITEM_ID),
+        as_string(F.col(cols.item_id)).alias(C.ITEM_ID),
         source_event.alias(C.SOURCE_EVENT),
         event_map[source_event].alias(C.EVENT),
-        (_as_string(F.col(cols.market)) if cols.market else F.lit(None).cast("string")).alias(
+        (as_string(F.col(cols.market)) if cols.market else F.lit(None).cast("string")).alias(
             C.MARKET
         ),
         (F.col(cols.seq).cast("long") if cols.seq else F.lit(None).cast("long")).alias(C.SEQ),
@@ -153,7 +158,7 @@ def map_columns(raw: DataFrame, source: SourceConfig) -> DataFrame:
             else F.lit(False)
         ).alias("_bad_seq"),
         (
-            _as_string(F.col(cols.session_id)) if cols.session_id else F.lit(None).cast("string")
+            as_string(F.col(cols.session_id)) if cols.session_id else F.lit(None).cast("string")
         ).alias(C.SOURCE_SESSION_ID),
         _shown_list(raw, source.columns.shown_items, source.list_separator).alias(C.SHOWN_ITEMS),
         _shown_list(raw, source.columns.shown_prices, source.list_separator)

@@ -51,6 +51,7 @@ from jobs.ingest import (
     read_clicks,
     valid_events,
 )
+from jobs.items import read_item_table
 from jobs.spark import get_spark
 
 logger = logging.getLogger(__name__)
@@ -105,27 +106,37 @@ def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
     Adds ``dwell_s`` (seconds to the next event of the same session; null for a session's last
     event) and ``cut_at_midnight`` (the session's first event would have continued the previous
     day's session without the midnight rule; seen only when that day is in the run). Every
-    window here is ordered per user, so Spark sorts the events once and shuffles them once.
+    window here is ordered per user, so Spark sorts the events once and shuffles them once; the
+    previous and next events come from one window pass, the per-day session number from another.
     """
     by_user = Window.partitionBy(C.USER_ID).orderBy(*_order(C.DAY))
-    prev_ts = F.lag(C.TS).over(by_user)
-    prev_source = F.lag(C.SOURCE_SESSION_ID).over(by_user)
-    gap_s = F.col(C.TS).cast("double") - prev_ts.cast("double")
-    continues = (
-        prev_ts.isNotNull()
-        & (gap_s <= gap_minutes * 60)
-        & F.col(C.SOURCE_SESSION_ID).eqNullSafe(prev_source)
-    )
+    gap_s = gap_minutes * 60
+
+    def joins(prev_ts: Column, ts: Column, prev_source: Column, source: Column) -> Column:
+        """The later event continues the earlier one's session (midnight aside)."""
+        return (
+            prev_ts.isNotNull()
+            & (ts.cast("double") - prev_ts.cast("double") <= gap_s)
+            & source.eqNullSafe(prev_source)
+        )
+
+    ts, source, day = F.col(C.TS), F.col(C.SOURCE_SESSION_ID), F.col(C.DAY)
+    next_ts = F.lead(C.TS).over(by_user)
     flagged = (
-        events.withColumn("_continues", continues)
+        events.withColumn(
+            "_continues",
+            joins(F.lag(C.TS).over(by_user), ts, F.lag(C.SOURCE_SESSION_ID).over(by_user), source),
+        )
         .withColumn("_prev_day", F.lag(C.DAY).over(by_user))
-        .withColumn("_start", ~F.col("_continues") | (F.col("_prev_day") != F.col(C.DAY)))
-        .withColumn("_next_start", F.lead("_start").over(by_user))
-        .withColumn("_next_ts", F.lead(C.TS).over(by_user))
-    )
-    dwell_s = F.when(
-        F.col("_next_start") == F.lit(False),
-        F.col("_next_ts").cast("double") - F.col(C.TS).cast("double"),
+        .withColumn(
+            "dwell_s",
+            F.when(
+                joins(ts, next_ts, source, F.lead(C.SOURCE_SESSION_ID).over(by_user))
+                & (F.lead(C.DAY).over(by_user) == day),
+                next_ts.cast("double") - ts.cast("double"),
+            ),
+        )
+        .withColumn("_start", ~F.col("_continues") | (F.col("_prev_day") != day))
     )
     user_day = Window.partitionBy(C.USER_ID, C.DAY).orderBy(*_order())
     numbered = flagged.withColumn(
@@ -133,12 +144,11 @@ def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
         F.sum(F.col("_start").cast("int")).over(user_day.rowsBetween(Window.unboundedPreceding, 0)),
     )
     session_id = F.concat_ws(":", C.USER_ID, C.DAY, F.format_string("%04d", F.col("_n")))
-    midnight = F.col("_continues") & (F.col("_prev_day") != F.col(C.DAY))
+    midnight = F.col("_continues") & (F.col("_prev_day") != day)
     return (
         numbered.withColumn(C.SESSION_ID, session_id)
-        .withColumn("dwell_s", dwell_s)
         .withColumn("cut_at_midnight", midnight)
-        .drop("_continues", "_prev_day", "_start", "_next_start", "_next_ts", "_n")
+        .drop("_continues", "_prev_day", "_start", "_n")
     )
 
 
@@ -153,7 +163,8 @@ def mark_short_dwell(events: DataFrame, min_dwell_s: float | None) -> DataFrame:
 
 
 def _ordered_events(events: DataFrame) -> DataFrame:
-    """One row per session with its events sorted by (ts, seq, item_id)."""
+    """One row per session with its kept (not short-dwell) events sorted by (ts, seq, item_id),
+    the count of all its events and of its short-dwell ones."""
     ev = F.struct(
         F.col(C.TS).alias("ts"),
         F.coalesce(F.col(C.SEQ), F.lit(0)).alias("seq"),
@@ -161,10 +172,15 @@ def _ordered_events(events: DataFrame) -> DataFrame:
         F.col(C.EVENT).alias("event"),
         F.col(C.MARKET).alias("market"),
         F.col(C.SHOWN_ITEMS).alias("shown_items"),
+        F.col(C.SHOWN_PRICES).alias("shown_prices"),
     )
     return events.groupBy(C.SESSION_ID, C.USER_ID, C.DAY).agg(
-        F.sort_array(F.collect_list(ev)).alias("events"),
-        F.max(F.col("cut_at_midnight").cast("int")).alias("cut_at_midnight"),
+        F.sort_array(F.collect_list(F.when(~F.col("is_short_dwell"), ev))).alias("events"),
+        F.count("*").alias("n_all_events"),
+        F.sum(F.col("is_short_dwell").cast("int")).alias("n_short_dwell"),
+        F.max(F.when(~F.col("is_short_dwell"), F.col("cut_at_midnight").cast("int"))).alias(
+            "cut_at_midnight"
+        ),
     )
 
 
@@ -187,6 +203,8 @@ def build_sessions(per_session: DataFrame, rules: SessionizeConfig) -> DataFrame
                 )
             ).alias(C.BOOKED_ITEMS),
             F.size("events").alias(C.N_EVENTS),
+            "n_all_events",
+            "n_short_dwell",
             "cut_at_midnight",
             "events",
             C.DAY,
@@ -234,39 +252,54 @@ def extract_booking_pairs(conversions: DataFrame) -> DataFrame:
     return exploded.groupBy(*PAIR_SORT, C.DAY).agg(F.min_by(C.MARKET, "position").alias(C.MARKET))
 
 
-def item_stats(events: DataFrame) -> DataFrame:
-    """Per item and day: events, sessions, bookings, first and last seen, and its market (the
-    most frequent one, ties by name)."""
-    per_market = events.groupBy(C.DAY, C.ITEM_ID, C.MARKET).agg(
-        F.count("*").alias(C.N_EVENTS),
-        F.sum((F.col(C.EVENT) == C.BOOK).cast("long")).alias("n_bookings"),
-        F.min(C.TS).alias("first_seen"),
-        F.max(C.TS).alias("last_seen"),
+def _exploded_events(sessions: DataFrame) -> DataFrame:
+    """One row per kept event (``e``) of every session, kept by the session rules or not, with
+    ``first_in_session``: the item's first event in that session."""
+    items = F.transform("events", lambda e: e["item_id"])
+    exploded = sessions.select(
+        C.DAY, items.alias("_items"), F.posexplode("events").alias("_pos", "e")
     )
-    per_item = events.groupBy(C.DAY, C.ITEM_ID).agg(
-        F.countDistinct(C.SESSION_ID).alias("n_sessions")
+    first = F.array_position("_items", F.col("e.item_id")) == F.col("_pos") + 1
+    return exploded.select(C.DAY, "e", first.alias("first_in_session"))
+
+
+def item_stats(sessions: DataFrame) -> DataFrame:
+    """Per item and day, over the kept events of all sessions: events, sessions, bookings,
+    first and last seen, and its market (the most frequent one, ties by name)."""
+    per_market = (
+        _exploded_events(sessions)
+        .groupBy(C.DAY, F.col("e.item_id").alias(C.ITEM_ID), F.col("e.market").alias(C.MARKET))
+        .agg(
+            F.count("*").alias(C.N_EVENTS),
+            F.sum((F.col("e.event") == C.BOOK).cast("long")).alias("n_bookings"),
+            F.sum(F.col("first_in_session").cast("long")).alias("n_sessions"),
+            F.min("e.ts").alias("first_seen"),
+            F.max("e.ts").alias("last_seen"),
+        )
     )
     top_market = F.max_by(C.MARKET, F.struct(C.N_EVENTS, F.col(C.MARKET)))
-    return (
-        per_market.groupBy(C.DAY, C.ITEM_ID)
-        .agg(
-            top_market.alias(C.MARKET),
-            F.sum(C.N_EVENTS).alias(C.N_EVENTS),
-            F.sum("n_bookings").alias("n_bookings"),
-            F.min("first_seen").alias("first_seen"),
-            F.max("last_seen").alias("last_seen"),
-        )
-        .join(per_item, [C.DAY, C.ITEM_ID])
+    return per_market.groupBy(C.DAY, C.ITEM_ID).agg(
+        top_market.alias(C.MARKET),
+        F.sum(C.N_EVENTS).alias(C.N_EVENTS),
+        F.sum("n_sessions").alias("n_sessions"),
+        F.sum("n_bookings").alias("n_bookings"),
+        F.min("first_seen").alias("first_seen"),
+        F.max("last_seen").alias("last_seen"),
     )
 
 
-def items_from_shown(events: DataFrame) -> DataFrame:
-    """Item table (CONTRACTS §1b) from what was on screen: market and mean shown price."""
-    shown = events.where(F.col(C.SHOWN_ITEMS).isNotNull()).select(
-        C.DAY,
-        C.MARKET,
-        C.SHOWN_PRICES,
-        F.posexplode(C.SHOWN_ITEMS).alias("_pos", C.ITEM_ID),
+def items_from_shown(sessions: DataFrame) -> DataFrame:
+    """Item table (CONTRACTS §1b) from what was on screen at the kept events of all sessions:
+    market and mean shown price."""
+    shown = (
+        _exploded_events(sessions)
+        .where(F.col("e.shown_items").isNotNull())
+        .select(
+            C.DAY,
+            F.col("e.market").alias(C.MARKET),
+            F.col("e.shown_prices").alias(C.SHOWN_PRICES),
+            F.posexplode("e.shown_items").alias("_pos", C.ITEM_ID),
+        )
     )
     price = F.when(
         F.col(C.SHOWN_PRICES).isNotNull() & (F.size(C.SHOWN_PRICES) > F.col("_pos")),
@@ -312,6 +345,7 @@ class SessionizeResult:
     conversions: int = 0
     booking_pairs: int = 0
     quarantine_path: str | None = None
+    item_table: dict | None = None  # jobs.items.ItemTableResult, when an item table was given
     user_salt_fingerprint: str | None = None
     seconds: float = 0.0
 
@@ -375,6 +409,8 @@ def _user_salt(rules: SessionizeConfig) -> str:
 def _rule_counts(sessions: DataFrame) -> dict[str, int]:
     kept = F.col("is_kept")
     row = sessions.agg(
+        F.sum("n_all_events").alias("events_valid"),
+        F.sum("n_short_dwell").alias("short_dwell_dropped"),
         F.sum(F.when(kept, 1).otherwise(0)).alias("sessions"),
         F.sum(F.when(~kept, 1).otherwise(0)).alias("short_sessions"),
         F.sum(F.when(~kept, F.col(C.N_EVENTS)).otherwise(0)).alias("short_session_events"),
@@ -429,10 +465,19 @@ def _count_rows(flagged: DataFrame) -> tuple[dict[str, int], dict[str, int], dic
     return tuple(dict(sorted(counts[k].items())) for k in ("drop", "bad", "valid"))
 
 
+def _phase(what: str, started: float) -> None:
+    logger.info("%s (%.1f s since the start)", what, time.monotonic() - started)
+
+
 def run_sessionize(
-    cfg: Config, input_path: Path, work_dir: Path, days: list[date] | None = None
+    cfg: Config,
+    input_path: Path,
+    work_dir: Path,
+    days: list[date] | None = None,
+    items_path: Path | None = None,
 ) -> SessionizeResult:
-    """Validate the click log and (re)build the sessions of ``days`` (None: every day in it).
+    """Validate the click log and (re)build the sessions of ``days`` (None: every day in it);
+    with ``items_path``, each day's ``items`` partition holds that item table's valid rows.
 
     Raises:
         InputError: missing/empty input, missing columns, no valid events, too many bad rows.
@@ -440,6 +485,7 @@ def run_sessionize(
     started = time.monotonic()
     flagged = _read_flagged(cfg, input_path, days)
     dropped, bad, valid_by_day = _count_rows(flagged)
+    _phase("validated the source", started)
     rows_read = sum(dropped.values()) + sum(bad.values()) + sum(valid_by_day.values())
     if rows_read == 0:
         raise InputError(f"{input_path}: the click log has no rows")
@@ -470,8 +516,21 @@ def run_sessionize(
             f"{input_path}: no valid item events on {day_strs[0]}..{day_strs[-1]} "
             f"({result.outside_days} valid events elsewhere, {n_bad} quarantined)"
         )
+    item_table = None
+    if items_path is not None:
+        item_table, rejected_items, table_result = read_item_table(
+            get_spark(cfg.spark), cfg, items_path
+        )
+        result.item_table = table_result.to_dict()
     staging = work_dir / ".staging" / f"{day_strs[0]}_{day_strs[-1]}"
     shutil.rmtree(staging, ignore_errors=True)
+    if item_table is not None and table_result.quarantined_by_reason:
+        qpath = work_dir / "quarantine_items" / f"{day_strs[0]}_{day_strs[-1]}"
+        rejected_items.coalesce(1).write.mode("overwrite").parquet(str(qpath))
+        result.item_table["quarantine_path"] = str(qpath)
+        logger.warning(
+            "item table: quarantined %s -> %s", table_result.quarantined_by_reason, qpath
+        )
     if n_bad:
         qpath = work_dir / "quarantine" / f"{day_strs[0]}_{day_strs[-1]}"
         quarantined_rows(flagged).coalesce(1).write.mode("overwrite").parquet(str(qpath))
@@ -487,18 +546,12 @@ def run_sessionize(
     # per-session grouping all reuse that layout, so the events are shuffled once
     events = drop_duplicate_events(events.repartition(C.USER_ID))
     sessionized = mark_short_dwell(cut_sessions(events, rules.gap_minutes), rules.min_dwell_s)
-    sessionized = sessionized.cache()
-    kept_events = sessionized.where(~F.col("is_short_dwell"))
+    all_sessions = build_sessions(_ordered_events(sessionized), rules).cache()
     try:
-        totals = sessionized.agg(
-            F.count("*").alias("n"), F.sum(F.col("is_short_dwell").cast("long")).alias("short")
-        ).first()
-        result.events_valid = int(totals["n"])
-        result.duplicates = in_days_valid - result.events_valid
-        result.short_dwell_dropped = int(totals["short"] or 0)
-        all_sessions = build_sessions(_ordered_events(kept_events), rules).cache()
         for key, value in _rule_counts(all_sessions).items():
             setattr(result, key, value)
+        result.duplicates = in_days_valid - result.events_valid
+        _phase("built sessions", started)
         sessions = all_sessions.where("is_kept")
         conversions = extract_conversions(sessions).cache()
         frames = {
@@ -508,23 +561,27 @@ def run_sessionize(
             ),
             CONVERSIONS: conversions,
             BOOKING_PAIRS: extract_booking_pairs(conversions),
-            ITEM_STATS: item_stats(kept_events),
+            ITEM_STATS: item_stats(all_sessions),
         }  # fmt: skip
         if cfg.source.items_from_shown:
-            frames[ITEMS] = items_from_shown(kept_events)
+            frames[ITEMS] = items_from_shown(all_sessions)
+        elif item_table is not None:
+            day_frame = get_spark(cfg.spark).createDataFrame([(d,) for d in day_strs], [C.DAY])
+            frames[ITEMS] = item_table.crossJoin(day_frame)
         for table, frame in frames.items():
             frame.repartition(C.DAY).sortWithinPartitions(*TABLES[table]).write.mode(
                 "overwrite"
             ).partitionBy(C.DAY).parquet(str(staging / table))
+            _phase(f"wrote {table}", started)
         for day in day_strs:
             stats = commit_day(work_dir, staging, day, str(input_path))
             result.conversions += stats[f"n_{CONVERSIONS}"]
             result.booking_pairs += stats[f"n_{BOOKING_PAIRS}"]
+        _phase("committed the days", started)
         shutil.rmtree(staging, ignore_errors=True)
-        all_sessions.unpersist()
         conversions.unpersist()
     finally:
-        sessionized.unpersist()
+        all_sessions.unpersist()
     result.seconds = round(time.monotonic() - started, 2)
     logger.info(
         "sessionized %d days in %.1f s (%.0f rows/s): %d rows, %d valid events, %d sessions, "
@@ -558,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--conf", type=Path, default=PROJECT_ROOT / "conf" / "default.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--items", type=Path, default=None, help="item table file or folder")
     parser.add_argument("--days", default=None, help="comma-separated days (default: all)")
     parser.add_argument("--result-json", type=Path, default=None, help="also write the summary")
     args = parser.parse_args(argv)
@@ -568,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.conf, args.overrides)
         days = [date.fromisoformat(d) for d in args.days.split(",")] if args.days else None
-        result = run_sessionize(cfg, args.input.resolve(), args.work_dir.resolve(), days)
+        items = args.items.resolve() if args.items else None
+        result = run_sessionize(cfg, args.input.resolve(), args.work_dir.resolve(), days, items)
     except EmbeddingError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201
         return exc.exit_code

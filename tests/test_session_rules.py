@@ -55,6 +55,15 @@ def test_short_dwell_events_are_dropped_but_bookings_kept(spark, tmp_path: Path)
     assert result.short_dwell_dropped == 2
 
 
+def test_a_duplicate_does_not_shorten_the_dwell_of_its_original(spark, tmp_path: Path) -> None:
+    rows = [ev("u", 0, "A"), ev("u", 0, "A"), ev("u", 60, "B"), ev("u", 65, "C"),
+            ev("u", 65, "C"), ev("u", 200, "D")]  # fmt: skip
+    result, sessions, _ = run(tmp_path, rows, **{"sessionize.min_dwell_s": 30})
+    # A stays 60 s (its duplicate is not "the next event"); B leaves after 5 s
+    assert [s["item_ids"] for s in sessions.values()] == [["A", "C", "D"]]
+    assert (result.duplicates, result.short_dwell_dropped) == (2, 1)
+
+
 def test_duplicates_truncation_and_seq_order(spark, tmp_path: Path) -> None:
     rows = [ev("u", 0, "A", seq=2), ev("u", 0, "Z", seq=1), ev("u", 60, "B", seq=3),
             ev("u", 60, "B", seq=3), ev("u", 120, "C", seq=4),
