@@ -252,8 +252,8 @@ CONVERSIONS_SQL = f"""
     )
     SELECT session_id, position::INTEGER AS position,
         evs[position + 1].item_id AS booked_item,
-        list_filter(items[1:position], lambda x, i:
-            list_position(items, x) = i AND x <> evs[position + 1].item_id) AS context_items,
+        list_filter(list_reverse(items[1:position]), lambda x, i:
+            list_position(list_reverse(items[1:position]), x) = i) AS context_items,
         NULL::VARCHAR[] AS shown_items,
         evs[position + 1].market AS market,
         evs[position + 1].ts AS ts,
@@ -268,6 +268,7 @@ BOOKING_PAIRS_SQL = """
             position, dt
         FROM conversions
     )
+    WHERE context_item <> booked_item
     GROUP BY session_id, context_item, booked_item, dt
 """
 

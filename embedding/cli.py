@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", type=Path, required=True, help="click-log file or folder")
     run.add_argument("--publish-root", type=Path, required=True)
     run.add_argument("--work-dir", type=Path, default=None, help="default <publish-root>/.work")
+    run.add_argument("--items", type=Path, default=None, help="item table (CONTRACTS §1b)")
     _add_config_args(run)
 
     ver = sub.add_parser("versions", help="list published versions with metrics and gate result")
@@ -93,13 +94,18 @@ def format_metrics(metrics: dict) -> list[str]:
         f"holdout: {metrics.get('holdout')}, {metrics.get('n_cases')} next-item cases, "
         f"coverage {metrics.get('coverage', 0):.1%}"
     ]
-    lines.append(f"  {'method':<12}{'HR@10':>8}{'MRR@20':>8}   covered HR@10")
-    for name in ("popularity", "word2vec", "finetuned"):
+    lines.append(f"  {'method':<14}{'HR@10':>8}{'MRR@20':>8}{'NDCG@10':>9}   covered HR@10")
+    for name in (*metrics.get("baselines", ["popularity"]), "word2vec", "finetuned"):
         if name in metrics:
             m = metrics[name]
             lines.append(
-                f"  {name:<12}{m['hr@10']:>8.4f}{m['mrr@20']:>8.4f}   {m['covered']['hr@10']:.4f}"
+                f"  {name:<14}{m['hr@10']:>8.4f}{m['mrr@20']:>8.4f}{m.get('ndcg@10', 0.0):>9.4f}"
+                f"   {m['covered']['hr@10']:.4f}"
             )
+    rerank = metrics.get("impression_rerank")
+    if rerank:
+        lines.append(f"impression re-rank on {rerank['n_cases']} clickouts (MRR):")
+        lines.extend(f"  {k:<22}{v['mrr']:.4f}" for k, v in rerank["methods"].items())
     return lines
 
 
@@ -109,7 +115,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if not args.input.exists():
         raise InputError(f"{args.input}: input not found")
-    paths = resolve_paths(cfg, args.input, args.publish_root, args.work_dir)
+    if args.items and not args.items.exists():
+        raise InputError(f"{args.items}: item table not found")
+    paths = resolve_paths(cfg, args.input, args.publish_root, args.work_dir, args.items)
     result = run_pipeline(cfg, paths)
     pub = result["publish"]
     ingest = result["ingest"]
@@ -123,6 +131,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{ingest['quarantined_by_reason']}; {ingest['sessions']} sessions, "
         f"{ingest['booking_pairs']} booking pairs"
     )
+    if ingest.get("item_table"):
+        table = ingest["item_table"]
+        print(
+            f"item table: {table['rows_read']} rows, {table['items']} items, "
+            f"{table['duplicates']} duplicates, quarantined {table['quarantined_by_reason']}"
+        )
     for line in format_metrics(result["metrics"]):
         print(line)
     print(

@@ -139,6 +139,11 @@ class EvaluateConfig(_Frozen):
     holdout_fraction: float = Field(0.2, gt=0, lt=1)  # of sessions, by start time (last_fraction)
     max_cases: int = Field(20000, ge=1)  # sampled with the seed when there are more
     batch_size: int = Field(2048, ge=1)
+    # count-based baselines scored on the same cases (embedding.baselines)
+    cooccurrence_window: int = Field(5, ge=1)  # items this close in a train session co-occur
+    ppmi_svd: bool = True  # SVD of the PPMI co-occurrence matrix (Levy et al. 2015)
+    ppmi_svd_dim: int | None = Field(None, ge=2)  # None: word2vec.vector_size
+    booked_max_position: int = Field(10, ge=1)  # booked-item rank: click positions reported
 
 
 class GateConfig(_Frozen):

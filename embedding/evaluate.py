@@ -1,8 +1,10 @@
-"""Offline evaluation: next-item ranking on held-out sessions, against a popularity baseline.
+"""Offline evaluation: next-item ranking on held-out sessions, against count-based baselines.
 
-Input: held-out test sessions, candidate vectors (skip-gram, fine-tuned) and training item
-counts. Output: a metrics dict (HR@10, MRR@20 on all cases and on the covered slice, coverage)
-and the quality-gate verdict.
+Input: train and held-out test sessions, the test sessions' conversions, candidate vectors
+(skip-gram, fine-tuned). Output: a metrics dict and the quality-gate verdict. Next-item HR@10,
+HR@20, MRR@20, NDCG@10 on all cases and on the covered slice, for popularity, item co-occurrence,
+PPMI-SVD and every candidate; the booked-item rank by click position (Airbnb) and, when the source
+recorded the items on screen, the impression re-rank (trivago) from ``embedding.rerank``.
 
 A case is a consecutive pair (a -> b) in a test session's ``item_ids``. Every method ranks all
 candidate items for query ``a`` (``a`` itself excluded) and we record where ``b`` lands. A case
@@ -20,7 +22,9 @@ from itertools import pairwise
 import numpy as np
 import pyarrow as pa
 
+from embedding.baselines import cooccurrence_counts, cooccurrence_ranks, ppmi_svd_vectors
 from embedding.config import EvaluateConfig, GateConfig
+from embedding.rerank import booked_item_ranks, impression_rerank
 from embedding.train_w2v import ItemVectors
 
 logger = logging.getLogger(__name__)
@@ -74,25 +78,60 @@ def popularity_ranks(train_counts: Counter, cases: list[tuple[str, str]]) -> np.
 
 
 def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """HR@10, HR@20, MRR@20 and NDCG@10 (one relevant item: 1/log2(rank + 2)) of 0-based ranks."""
     if ranks.size == 0:
-        return {"hr@10": 0.0, "hr@20": 0.0, "mrr@20": 0.0, "n": 0}
-    reciprocal = np.where(ranks < 20, 1.0 / (np.minimum(ranks, MISS - 1) + 1.0), 0.0)
+        return {"hr@10": 0.0, "hr@20": 0.0, "mrr@20": 0.0, "ndcg@10": 0.0, "n": 0}
+    capped = np.minimum(ranks, MISS - 2).astype(np.float64)
+    reciprocal = np.where(ranks < 20, 1.0 / (capped + 1.0), 0.0)
+    gain = np.where(ranks < 10, 1.0 / np.log2(capped + 2.0), 0.0)
     return {
         "hr@10": float(np.mean(ranks < 10)),
         "hr@20": float(np.mean(ranks < 20)),
         "mrr@20": float(np.mean(reciprocal)),
+        "ndcg@10": float(np.mean(gain)),
         "n": int(ranks.size),
     }
 
 
+def baseline_ranks(
+    train_lists: list[list[str]],
+    train_counts: Counter,
+    cases: list[tuple[str, str]],
+    cfg: EvaluateConfig,
+    svd_dim: int,
+    seed: int,
+) -> tuple[dict[str, np.ndarray], dict[str, ItemVectors]]:
+    """Ranks of the baselines an analyst would try first, on the same cases: popularity, item
+    co-occurrence (backed off to popularity) and, when enabled, PPMI-SVD vectors."""
+    ranks = {"popularity": popularity_ranks(train_counts, cases)}
+    vectors: dict[str, ItemVectors] = {}
+    ids, counts = cooccurrence_counts(train_lists, cfg.cooccurrence_window)
+    if len(ids) < 2:
+        return ranks, vectors
+    ranks["cooccurrence"] = cooccurrence_ranks(ids, counts, train_counts, cases)
+    if cfg.ppmi_svd:
+        item_counts = np.array([train_counts[i] for i in ids], dtype=np.int64)
+        vectors["ppmi_svd"] = ppmi_svd_vectors(
+            ids, counts, svd_dim, seed=seed, item_counts=item_counts
+        )
+        ranks["ppmi_svd"] = embedding_ranks(vectors["ppmi_svd"], cases, cfg.batch_size)
+    return ranks, vectors
+
+
 def evaluate_candidates(
     candidates: dict[str, ItemVectors],
-    train_counts: Counter,
+    train_sessions: pa.Table,
     test_sessions: pa.Table,
     cfg: EvaluateConfig,
     seed: int,
+    test_conversions: pa.Table | None = None,
+    svd_dim: int = 64,
 ) -> dict:
-    """Metrics of every candidate and of the popularity baseline on the same cases."""
+    """Metrics of every candidate and of the baselines on the same cases: next-item ranking,
+    and on the test sessions' bookings the booked-item rank by click position and, when the
+    source recorded what was on screen, the impression re-rank."""
+    train_lists = train_sessions.column("item_ids").to_pylist()
+    train_counts = Counter(item for items in train_lists for item in items)
     all_cases = next_item_cases(test_sessions.column("item_ids").to_pylist())
     cases = sample_cases(all_cases, cfg.max_cases, seed)
     result: dict = {"n_cases": len(cases), "n_cases_total": len(all_cases)}
@@ -100,19 +139,30 @@ def evaluate_candidates(
     covered = embedding_ranks(reference, cases, cfg.batch_size) != MISS if cases else np.zeros(0)
     covered = np.asarray(covered, dtype=bool)
     result["coverage"] = float(covered.mean()) if cases else 0.0
-    methods = {"popularity": popularity_ranks(train_counts, cases)}
+    methods, baseline_vectors = baseline_ranks(train_lists, train_counts, cases, cfg, svd_dim, seed)
+    result["baselines"] = list(methods)
     for name, vectors in candidates.items():
         methods[name] = embedding_ranks(vectors, cases, cfg.batch_size)
     for name, ranks in methods.items():
         result[name] = {**ranking_metrics(ranks), "covered": ranking_metrics(ranks[covered])}
         logger.info(
-            "eval %-10s hr@10 %.4f mrr@20 %.4f (covered: hr@10 %.4f) on %d cases",
+            "eval %-12s hr@10 %.4f mrr@20 %.4f ndcg@10 %.4f (covered: hr@10 %.4f) on %d cases",
             name,
             result[name]["hr@10"],
             result[name]["mrr@20"],
+            result[name]["ndcg@10"],
             result[name]["covered"]["hr@10"],
             len(cases),
         )
+    if test_conversions is not None and test_conversions.num_rows:
+        scored = {**baseline_vectors, **candidates}
+        result["booked_item"] = {
+            name: booked_item_ranks(test_conversions, vectors, cfg.booked_max_position)
+            for name, vectors in scored.items()
+        }
+        shown = test_conversions.column("shown_items")
+        if shown.null_count < len(shown):
+            result["impression_rerank"] = impression_rerank(test_conversions, scored, train_counts)
     return result
 
 

@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from embedding import publish
 from embedding.config import Config
 from embedding.errors import InputError, QualityGateError
@@ -160,6 +163,16 @@ def load_window(cfg: Config, plan: RunPlan) -> WindowData:
     return split_holdout(sessions, load_table(work, "booking_pairs", days), cfg.evaluate)
 
 
+def test_conversions(plan: RunPlan, test_sessions: pa.Table) -> pa.Table | None:
+    """The conversions (bookings) of the held-out sessions."""
+    days = [date.fromisoformat(d) for d in plan.days]
+    conversions = load_table(Path(plan.work_dir), "conversions", days)
+    if conversions is None:
+        return None
+    test_ids = test_sessions.column("session_id")
+    return conversions.filter(pc.is_in(conversions.column("session_id"), value_set=test_ids))
+
+
 def item_markets(plan: RunPlan) -> dict[str, str | None]:
     """Each item's most frequent market over the window (from the per-day item stats)."""
     stats = load_table(
@@ -241,12 +254,15 @@ def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
         manifest = publish.verify_version(Path(plan.publish_root) / publish.VERSIONS / plan.version)
         return {"metrics": manifest.get("metrics", {}), "gate": manifest.get("gate", {})}
     data = load_window(cfg, plan)
-    train_counts = Counter(
-        item for items in data.train_sessions.column("item_ids").to_pylist() for item in items
-    )
     candidates = _candidates(cfg, plan)
     metrics = evaluate_candidates(
-        candidates, train_counts, data.test_sessions, cfg.evaluate, cfg.seed
+        candidates,
+        data.train_sessions,
+        data.test_sessions,
+        cfg.evaluate,
+        cfg.seed,
+        test_conversions(plan, data.test_sessions),
+        cfg.evaluate.ppmi_svd_dim or cfg.word2vec.vector_size,
     )
     metrics["holdout"] = data.holdout
     metrics["published"] = list(candidates)[-1]

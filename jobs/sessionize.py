@@ -87,56 +87,36 @@ def _order(*extra: str | Column) -> list:
     return [*extra, C.TS, seq, C.ITEM_ID, C.EVENT, C.MARKET, C.SOURCE_SESSION_ID]
 
 
-def drop_duplicate_events(events: DataFrame) -> DataFrame:
-    """Keep one of each set of exact duplicate events (same ``EVENT_KEY``). Duplicates sit
-    next to each other in the per-user event order, so this is a window over the same layout
-    as the session windows rather than an aggregation with sorts of its own."""
-    by_user = Window.partitionBy(C.USER_ID).orderBy(*_order(C.DAY))
-    same = [F.lag(c).over(by_user).eqNullSafe(F.col(c)) for c in EVENT_KEY if c != C.USER_ID]
-    is_duplicate = F.lag(C.TS).over(by_user).isNotNull()
-    for condition in same:
-        is_duplicate = is_duplicate & condition
-    return events.withColumn("_dup", is_duplicate).where(~F.col("_dup")).drop("_dup")
-
-
 def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
-    """Give each event a ``session_id``: a new session starts after a pause longer than
-    ``gap_minutes``, at UTC midnight, or when the source's session id changes.
+    """Give each event a ``session_id`` and flag exact duplicates (``is_duplicate``: the same
+    ``EVENT_KEY`` as the event before it in the per-user order; dropped by the caller).
 
-    Adds ``dwell_s`` (seconds to the next event of the same session; null for a session's last
-    event) and ``cut_at_midnight`` (the session's first event would have continued the previous
-    day's session without the midnight rule; seen only when that day is in the run). Every
-    window here is ordered per user, so Spark sorts the events once and shuffles them once; the
-    previous and next events come from one window pass, the per-day session number from another.
+    A new session starts after a pause longer than ``gap_minutes``, at UTC midnight, or when the
+    source's session id changes. ``cut_at_midnight``: the event would have continued the previous
+    day's session without the midnight rule (seen only when that day is in the run). A duplicate
+    has its original's time, day and source session, so it never starts a session and the
+    previous event seen through it is its original's: one window pass over the events, with the
+    duplicates still in, gives both the cuts and the duplicate flags, and a second one numbers
+    the sessions of each user and day. Both are ordered per user, so Spark sorts the events once
+    and shuffles them once.
     """
     by_user = Window.partitionBy(C.USER_ID).orderBy(*_order(C.DAY))
-    gap_s = gap_minutes * 60
-
-    def joins(prev_ts: Column, ts: Column, prev_source: Column, source: Column) -> Column:
-        """The later event continues the earlier one's session (midnight aside)."""
-        return (
-            prev_ts.isNotNull()
-            & (ts.cast("double") - prev_ts.cast("double") <= gap_s)
-            & source.eqNullSafe(prev_source)
-        )
-
-    ts, source, day = F.col(C.TS), F.col(C.SOURCE_SESSION_ID), F.col(C.DAY)
-    next_ts = F.lead(C.TS).over(by_user)
+    prev_ts = F.lag(C.TS).over(by_user)
+    gap_s = F.col(C.TS).cast("double") - prev_ts.cast("double")
+    continues = (
+        prev_ts.isNotNull()
+        & (gap_s <= gap_minutes * 60)
+        & F.col(C.SOURCE_SESSION_ID).eqNullSafe(F.lag(C.SOURCE_SESSION_ID).over(by_user))
+    )
+    duplicate = prev_ts.isNotNull()
+    for column in EVENT_KEY:
+        if column != C.USER_ID:
+            duplicate = duplicate & F.lag(column).over(by_user).eqNullSafe(F.col(column))
     flagged = (
-        events.withColumn(
-            "_continues",
-            joins(F.lag(C.TS).over(by_user), ts, F.lag(C.SOURCE_SESSION_ID).over(by_user), source),
-        )
+        events.withColumn("_continues", continues)
         .withColumn("_prev_day", F.lag(C.DAY).over(by_user))
-        .withColumn(
-            "dwell_s",
-            F.when(
-                joins(ts, next_ts, source, F.lead(C.SOURCE_SESSION_ID).over(by_user))
-                & (F.lead(C.DAY).over(by_user) == day),
-                next_ts.cast("double") - ts.cast("double"),
-            ),
-        )
-        .withColumn("_start", ~F.col("_continues") | (F.col("_prev_day") != day))
+        .withColumn("is_duplicate", duplicate)
+        .withColumn("_start", ~F.col("_continues") | (F.col("_prev_day") != F.col(C.DAY)))
     )
     user_day = Window.partitionBy(C.USER_ID, C.DAY).orderBy(*_order())
     numbered = flagged.withColumn(
@@ -144,7 +124,7 @@ def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
         F.sum(F.col("_start").cast("int")).over(user_day.rowsBetween(Window.unboundedPreceding, 0)),
     )
     session_id = F.concat_ws(":", C.USER_ID, C.DAY, F.format_string("%04d", F.col("_n")))
-    midnight = F.col("_continues") & (F.col("_prev_day") != day)
+    midnight = F.col("_continues") & (F.col("_prev_day") != F.col(C.DAY))
     return (
         numbered.withColumn(C.SESSION_ID, session_id)
         .withColumn("cut_at_midnight", midnight)
@@ -152,19 +132,8 @@ def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
     )
 
 
-def mark_short_dwell(events: DataFrame, min_dwell_s: float | None) -> DataFrame:
-    """Flag (``is_short_dwell``) non-booking events left within ``min_dwell_s`` seconds for the
-    next event of the same session (Airbnb: accidental clicks); a session's last event never is.
-    """
-    if not min_dwell_s:
-        return events.withColumn("is_short_dwell", F.lit(False))
-    short = F.col("dwell_s").isNotNull() & (F.col("dwell_s") < min_dwell_s)
-    return events.withColumn("is_short_dwell", short & (F.col(C.EVENT) != C.BOOK))
-
-
 def _ordered_events(events: DataFrame) -> DataFrame:
-    """One row per session with its kept (not short-dwell) events sorted by (ts, seq, item_id),
-    the count of all its events and of its short-dwell ones."""
+    """One row per session with its events (``all_events``) sorted by (ts, seq, item_id)."""
     ev = F.struct(
         F.col(C.TS).alias("ts"),
         F.coalesce(F.col(C.SEQ), F.lit(0)).alias("seq"),
@@ -173,14 +142,34 @@ def _ordered_events(events: DataFrame) -> DataFrame:
         F.col(C.MARKET).alias("market"),
         F.col(C.SHOWN_ITEMS).alias("shown_items"),
         F.col(C.SHOWN_PRICES).alias("shown_prices"),
+        F.col("cut_at_midnight").alias("midnight"),
     )
     return events.groupBy(C.SESSION_ID, C.USER_ID, C.DAY).agg(
-        F.sort_array(F.collect_list(F.when(~F.col("is_short_dwell"), ev))).alias("events"),
-        F.count("*").alias("n_all_events"),
-        F.sum(F.col("is_short_dwell").cast("int")).alias("n_short_dwell"),
-        F.max(F.when(~F.col("is_short_dwell"), F.col("cut_at_midnight").cast("int"))).alias(
-            "cut_at_midnight"
-        ),
+        F.sort_array(F.collect_list(ev)).alias("all_events")
+    )
+
+
+def drop_short_dwell(per_session: DataFrame, min_dwell_s: float | None) -> DataFrame:
+    """``events``: the session's events minus the non-booking ones left within ``min_dwell_s``
+    seconds for the next event of the session (Airbnb: accidental clicks; a session's last
+    event never is one), with ``n_all_events``, ``n_short_dwell`` and ``cut_at_midnight`` (a kept
+    event continued the previous day's session)."""
+    events = F.col("all_events")
+    if min_dwell_s:
+        last = F.size(events) - 1
+
+        def kept(e: Column, i: Column) -> Column:
+            next_ts = F.element_at(events, i + 2)["ts"]  # element_at counts from 1
+            dwell_s = next_ts.cast("double") - e["ts"].cast("double")
+            return (i == last) | (e["event"] == C.BOOK) | (dwell_s >= min_dwell_s)
+
+        events = F.filter(events, kept)
+    return (
+        per_session.withColumn("events", events)
+        .withColumn("n_all_events", F.size("all_events"))
+        .withColumn("n_short_dwell", F.size("all_events") - F.size("events"))
+        .withColumn("cut_at_midnight", F.exists("events", lambda e: e["midnight"]).cast("int"))
+        .drop("all_events")
     )
 
 
@@ -218,14 +207,13 @@ def build_sessions(per_session: DataFrame, rules: SessionizeConfig) -> DataFrame
 
 def extract_conversions(sessions: DataFrame) -> DataFrame:
     """One row per booking event of a kept session: the booked item, the distinct items
-    interacted with before it (the booked item excluded) and what was on screen."""
+    interacted with before it (most recent first; the booked item too when it was seen before,
+    which the impression re-rank needs) and what was on screen."""
     exploded = sessions.select(
         C.SESSION_ID, "events", C.DAY, F.posexplode("events").alias("position", "e")
     ).where(F.col("e.event") == C.BOOK)
     before = F.filter("events", lambda e, i: i < F.col("position"))
-    context = F.array_remove(
-        F.array_distinct(F.transform(before, lambda e: e["item_id"])), F.col("e.item_id")
-    )
+    context = F.array_distinct(F.reverse(F.transform(before, lambda e: e["item_id"])))
     return exploded.select(
         C.SESSION_ID,
         "position",
@@ -239,8 +227,8 @@ def extract_conversions(sessions: DataFrame) -> DataFrame:
 
 
 def extract_booking_pairs(conversions: DataFrame) -> DataFrame:
-    """(context item -> booked item) per session; the pair's market is the booked item's (at
-    its first booking in the session, when it was booked more than once)."""
+    """(context item -> booked item) per session, self-pairs excluded; the pair's market is the
+    booked item's (at its first booking in the session, when it was booked more than once)."""
     exploded = conversions.select(
         C.SESSION_ID,
         F.explode("context_items").alias(C.CONTEXT_ITEM),
@@ -249,6 +237,7 @@ def extract_booking_pairs(conversions: DataFrame) -> DataFrame:
         "position",
         C.DAY,
     )
+    exploded = exploded.where(F.col(C.CONTEXT_ITEM) != F.col(C.BOOKED_ITEM))
     return exploded.groupBy(*PAIR_SORT, C.DAY).agg(F.min_by(C.MARKET, "position").alias(C.MARKET))
 
 
@@ -536,7 +525,9 @@ def run_sessionize(
         quarantined_rows(flagged).coalesce(1).write.mode("overwrite").parquet(str(qpath))
         result.quarantine_path = str(qpath)
         logger.warning("quarantined %d rows %s -> %s", n_bad, bad, qpath)
-    events = valid_events(flagged).where(F.col(C.DAY).isin(day_strs)).drop(C.SOURCE_FILE)
+    events = (
+        valid_events(flagged).where(F.col(C.DAY).isin(day_strs)).drop(C.SOURCE_FILE, C.SOURCE_EVENT)
+    )
     rules = cfg.sessionize
     if rules.hash_user_ids:
         salt = _user_salt(rules)
@@ -544,9 +535,9 @@ def run_sessionize(
         events = hash_users(events, salt)
     # hash-partitioned by (hashed) user once: the dedupe, every session window and the
     # per-session grouping all reuse that layout, so the events are shuffled once
-    events = drop_duplicate_events(events.repartition(C.USER_ID))
-    sessionized = mark_short_dwell(cut_sessions(events, rules.gap_minutes), rules.min_dwell_s)
-    all_sessions = build_sessions(_ordered_events(sessionized), rules).cache()
+    sessionized = cut_sessions(events.repartition(C.USER_ID), rules.gap_minutes)
+    per_session = _ordered_events(sessionized.where(~F.col("is_duplicate")))
+    all_sessions = build_sessions(drop_short_dwell(per_session, rules.min_dwell_s), rules).cache()
     try:
         for key, value in _rule_counts(all_sessions).items():
             setattr(result, key, value)

@@ -78,6 +78,16 @@ def test_run_missing_input_file(tmp_path: Path, publish_root: Path) -> None:
     assert_publish_root_untouched(publish_root)
 
 
+def test_run_missing_item_table(tmp_path: Path, publish_root: Path) -> None:
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("user_id,ts,item_id,event,market\nu1,1767225600,A,view,m1\n")
+    missing = tmp_path / "no-such-items.parquet"
+    result = run_cli("run", "--input", clicks, "--items", missing, "--publish-root", publish_root)
+    line = assert_bad_input(result, missing)
+    assert "item table not found" in line
+    assert_publish_root_untouched(publish_root)
+
+
 def test_run_empty_folder(tmp_path: Path, publish_root: Path) -> None:
     empty = tmp_path / "clicks"
     empty.mkdir()

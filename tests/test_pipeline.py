@@ -67,6 +67,18 @@ def test_finetuned_beats_popularity_on_the_holdout(generated_run: dict) -> None:
     assert 0.5 < metrics["coverage"] <= 1.0
 
 
+def test_every_method_is_scored_on_the_same_cases(generated_run: dict) -> None:
+    metrics = generated_run["result"]["metrics"]
+    assert metrics["baselines"] == ["popularity", "cooccurrence", "ppmi_svd"]
+    for name in (*metrics["baselines"], "word2vec", "finetuned"):
+        assert metrics[name]["n"] == metrics["n_cases"] > 0
+        assert 0.0 <= metrics[name]["ndcg@10"] <= metrics[name]["hr@10"] <= 1.0
+    assert metrics["cooccurrence"]["hr@10"] > metrics["popularity"]["hr@10"]
+    booked = metrics["booked_item"]["finetuned"]
+    assert booked["overall"]["n"] > 0 and len(booked["by_position"]) == 10
+    assert "impression_rerank" not in metrics  # the generator records no impressions
+
+
 def test_rerun_finds_the_version_already_published(generated_run: dict) -> None:
     cfg, paths, root = generated_run["cfg"], generated_run["paths"], generated_run["root"]
     version = generated_run["result"]["publish"]["version"]

@@ -7,6 +7,7 @@ import hashlib
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,6 +15,7 @@ from conftest import day_markers, small_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from embedding.errors import InputError
 from embedding.window import load_table
 from jobs.sessionize import run_sessionize
 
@@ -91,7 +93,8 @@ def test_conversions_and_pairs_with_several_bookings(spark, tmp_path: Path) -> N
     result, _, work = run(tmp_path, rows)
     conversions = load_table(work, "conversions", DAY1).to_pylist()
     got = [(c["position"], c["booked_item"], c["context_items"]) for c in conversions]
-    assert sorted(got) == [(1, "B", ["A"]), (3, "B", ["A", "C"]), (4, "D", ["A", "B", "C"])]
+    # context items: distinct, most recent first, the booked item too when seen before
+    assert sorted(got) == [(1, "B", ["A"]), (3, "B", ["C", "B", "A"]), (4, "D", ["B", "C", "A"])]
     pairs = load_table(work, "booking_pairs", DAY1).to_pylist()
     assert sorted((p["context_item"], p["booked_item"]) for p in pairs) == [
         ("A", "B"), ("A", "D"), ("B", "D"), ("C", "B"), ("C", "D")
@@ -226,3 +229,43 @@ def test_seven_day_run_equals_seven_one_day_runs_and_reruns_change_nothing(
     run_sessionize(cfg, clicks, tmp_path / "week")
     assert _files(tmp_path / "week") == files_before
     assert day_markers(tmp_path / "week") == markers_before
+
+
+BAD_KINDS = {
+    "missing_user_id": lambda row: {**row, "user_id": None},
+    "missing_item_id": lambda row: {**row, "item_id": None},
+    "missing_event": lambda row: {**row, "event": None},
+    "unknown_event": lambda row: {**row, "event": "hover"},
+    "ts_out_of_range": lambda row: {**row, "ts": datetime(1999, 12, 31, tzinfo=UTC)},
+    "id_too_long": lambda row: {**row, "item_id": "x" * 300},
+}
+
+
+def test_one_percent_of_each_bad_kind_is_quarantined_exactly(spark, tmp_path: Path) -> None:
+    from embedding.generate import generate_clicklog
+
+    log = tmp_path / "gen"
+    generate_clicklog(log, events=10_000, days=2, profile="standard", seed=3)
+    rows = pq.read_table(log, columns=["user_id", "ts", "item_id", "event", "market"]).to_pylist()
+    rng = np.random.default_rng(0)
+    per_kind = len(rows) // 100
+    picked = rng.choice(len(rows), size=per_kind * len(BAD_KINDS), replace=False)
+    expected = []
+    for kind, chunk in zip(BAD_KINDS, np.split(picked, len(BAD_KINDS)), strict=True):
+        for i in chunk:
+            rows[i] = BAD_KINDS[kind](rows[i])
+            expected.append((kind, rows[i]["user_id"], rows[i]["item_id"], rows[i]["event"]))
+    dirty = write_log(tmp_path / "dirty" / "part-0.parquet", rows).parent
+    days = [date(2026, 1, 1), date(2026, 1, 2)]
+
+    with pytest.raises(InputError, match=r"failed validation .* above ingest.max_bad_share=0.05"):
+        run_sessionize(small_config(**PLAIN), dirty, tmp_path / "refused", days)
+    assert not (tmp_path / "refused" / "sessions").exists()
+
+    result = run_sessionize(small_config(**{**PLAIN, "ingest.max_bad_share": 0.1}), dirty,
+                            tmp_path / "work", days)  # fmt: skip
+    assert result.quarantined_by_reason == dict.fromkeys(sorted(BAD_KINDS), per_kind)
+    quarantined = pq.read_table(result.quarantine_path).to_pylist()
+    got = [(r["reason"], r["user_id"], r["item_id"], r["event"]) for r in quarantined]
+    assert sorted(got, key=str) == sorted(expected, key=str)
+    assert result.rows_read == len(rows) and result.events_valid == len(rows) - len(expected)
