@@ -218,5 +218,5 @@ def valid_events(flagged: DataFrame) -> DataFrame:
     return (
         flagged.where(F.col(C.REASON).isNull() & (F.col(C.EVENT) != C.DROP))
         .drop(C.REASON, "raw", "_bad_seq")
-        .withColumn(C.DAY, F.date_format(C.TS, "yyyy-MM-dd"))
+        .withColumn(C.DAY, F.to_date(C.TS).cast("string"))  # yyyy-MM-dd in the session's UTC
     )

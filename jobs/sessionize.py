@@ -88,7 +88,8 @@ def _order(*extra: str | Column) -> list:
 
 
 def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
-    """Give each event a ``session_id`` and flag exact duplicates (``is_duplicate``: the same
+    """Give each event its session (``session_n``, numbered within user and day from 1; see
+    ``session_id``) and flag exact duplicates (``is_duplicate``: the same
     ``EVENT_KEY`` as the event before it in the per-user order; dropped by the caller).
 
     A new session starts after a pause longer than ``gap_minutes``, at UTC midnight, or when the
@@ -123,13 +124,20 @@ def cut_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
         "_n",
         F.sum(F.col("_start").cast("int")).over(user_day.rowsBetween(Window.unboundedPreceding, 0)),
     )
-    session_id = F.concat_ws(":", C.USER_ID, C.DAY, F.format_string("%04d", F.col("_n")))
     midnight = F.col("_continues") & (F.col("_prev_day") != F.col(C.DAY))
     return (
-        numbered.withColumn(C.SESSION_ID, session_id)
+        numbered.withColumnRenamed("_n", "session_n")
         .withColumn("cut_at_midnight", midnight)
-        .drop("_continues", "_prev_day", "_start", "_n")
+        .drop("_continues", "_prev_day", "_start")
     )
+
+
+def session_id(user_id: Column, day: Column, number: Column) -> Column:
+    """``user:day:NNNN``, the session's number within its user and day, zero-padded to 4."""
+    padded = F.when(number < 10000, F.lpad(number.cast("string"), 4, "0")).otherwise(
+        number.cast("string")
+    )
+    return F.concat_ws(":", user_id, day, padded)
 
 
 def _ordered_events(events: DataFrame) -> DataFrame:
@@ -144,8 +152,14 @@ def _ordered_events(events: DataFrame) -> DataFrame:
         F.col(C.SHOWN_PRICES).alias("shown_prices"),
         F.col("cut_at_midnight").alias("midnight"),
     )
-    return events.groupBy(C.SESSION_ID, C.USER_ID, C.DAY).agg(
+    per_session = events.groupBy(C.USER_ID, C.DAY, "session_n").agg(
         F.sort_array(F.collect_list(ev)).alias("all_events")
+    )
+    return per_session.select(
+        session_id(F.col(C.USER_ID), F.col(C.DAY), F.col("session_n")).alias(C.SESSION_ID),
+        C.USER_ID,
+        C.DAY,
+        "all_events",
     )
 
 
@@ -446,7 +460,7 @@ def _count_rows(flagged: DataFrame) -> tuple[dict[str, int], dict[str, int], dic
     key = (
         F.when(F.col(C.REASON).isNotNull(), F.col(C.REASON))
         .when(F.col(C.EVENT) == C.DROP, F.col(C.SOURCE_EVENT))
-        .otherwise(F.date_format(C.TS, "yyyy-MM-dd"))
+        .otherwise(F.to_date(C.TS).cast("string"))
     )
     counts: dict[str, dict[str, int]] = {"bad": {}, "drop": {}, "valid": {}}
     for row in flagged.groupBy(kind.alias("kind"), key.alias("key")).count().collect():
