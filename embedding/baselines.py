@@ -23,6 +23,7 @@ from embedding.train_w2v import ItemVectors, normalize_rows
 
 logger = logging.getLogger(__name__)
 
+SVD_TOL = 1e-3  # ARPACK's relative accuracy of the singular values
 MISS = np.iinfo(np.int64).max  # same marker as embedding.evaluate.MISS (not imported: no cycle)
 
 
@@ -202,7 +203,8 @@ def ppmi_svd_vectors(
         vectors = np.zeros((n_items, k), dtype=np.float32)
     else:
         v0 = np.random.default_rng(seed).standard_normal(n_items)
-        u, s, _ = svds(ppmi, k=k, v0=v0, solver="arpack")
+        # a loose tolerance: neighbour rankings settle long before the singular values do
+        u, s, _ = svds(ppmi, k=k, v0=v0, solver="arpack", tol=SVD_TOL)
         order = np.argsort(-s, kind="stable")
         u, s = u[:, order], np.clip(s[order], 0.0, None)
         signs = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(k)])

@@ -93,15 +93,17 @@ def test_ranking_metrics_by_hand() -> None:
     assert metrics["hr@10"] == pytest.approx(3 / 7)  # ranks 0, 4, 9
     assert metrics["hr@20"] == pytest.approx(5 / 7)  # ... and 10, 19
     assert metrics["mrr@20"] == pytest.approx((1 + 1 / 5 + 1 / 10 + 1 / 11 + 1 / 20) / 7)
+    assert metrics["ndcg@10"] == pytest.approx((1 + 1 / np.log2(6) + 1 / np.log2(11)) / 7)
 
 
 def test_ranking_metrics_all_misses_and_no_cases() -> None:
     misses = ranking_metrics(np.array([MISS, MISS], dtype=np.int64))
-    assert misses == {"hr@10": 0.0, "hr@20": 0.0, "mrr@20": 0.0, "n": 2}
+    assert misses == {"hr@10": 0.0, "hr@20": 0.0, "mrr@20": 0.0, "ndcg@10": 0.0, "n": 2}
     assert ranking_metrics(np.array([], dtype=np.int64)) == {
         "hr@10": 0.0,
         "hr@20": 0.0,
         "mrr@20": 0.0,
+        "ndcg@10": 0.0,
         "n": 0,
     }
 
