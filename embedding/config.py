@@ -152,6 +152,9 @@ class GateConfig(_Frozen):
     metric: Literal["hr@10", "mrr@20"] = "hr@10"
     min_value: float = Field(0.01, ge=0)
     min_lift_over_popularity: float = Field(1.0, ge=0)  # candidate / popularity baseline
+    # the latest version published before this run's last day, re-scored on the same cases: the
+    # candidate may fall below it by at most this share of its figure
+    max_drop_vs_previous: float = Field(0.1, ge=0, le=1)
 
 
 class SparkConfig(_Frozen):

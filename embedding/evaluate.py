@@ -166,16 +166,77 @@ def evaluate_candidates(
     return result
 
 
+def score_previous(
+    previous: ItemVectors,
+    version: str,
+    candidate: ItemVectors,
+    test_sessions: pa.Table,
+    cfg: EvaluateConfig,
+    seed: int,
+) -> dict:
+    """The previous version re-scored on this run's cases (the same sample), and the stability
+    of each item's neighbours between it and the candidate."""
+    cases = sample_cases(next_item_cases(test_sessions.column("item_ids").to_pylist()),
+                         cfg.max_cases, seed)  # fmt: skip
+    return {
+        "version": version,
+        **ranking_metrics(embedding_ranks(previous, cases, cfg.batch_size)),
+        "stability": neighbour_stability(candidate, previous, seed=seed),
+    }
+
+
+def _top_k(vectors: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    scores = vectors[rows] @ vectors.T
+    scores[np.arange(rows.size), rows] = -np.inf
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    return np.sort(top, axis=1)
+
+
+def neighbour_stability(
+    current: ItemVectors, previous: ItemVectors, k: int = 10, max_items: int = 2000, seed: int = 0
+) -> dict:
+    """Mean share of an item's ``k`` nearest neighbours (among the items both versions have)
+    that it keeps from one version to the next, over up to ``max_items`` sampled items: near 1
+    when a daily retrain keeps the space, near 0 when it reshuffles everything."""
+    common = sorted(set(current.ids) & set(previous.ids))
+    if len(common) <= k:
+        return {f"overlap@{k}": None, "n_common": len(common), "n_items": 0}
+    cur_index, prev_index = current.index(), previous.index()
+    cur = current.vectors[[cur_index[i] for i in common]]
+    prev = previous.vectors[[prev_index[i] for i in common]]
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(common), size=min(max_items, len(common)), replace=False))
+    overlap = [
+        np.intersect1d(a, b, assume_unique=True).size / k
+        for a, b in zip(_top_k(cur, rows, k), _top_k(prev, rows, k), strict=True)
+    ]
+    return {f"overlap@{k}": float(np.mean(overlap)), "n_common": len(common), "n_items": rows.size}
+
+
 def check_gate(metrics: dict, candidate: str, gate: GateConfig) -> dict:
-    """Gate verdict for ``candidate``: its metric must reach ``min_value`` and beat popularity
-    by ``min_lift_over_popularity``."""
+    """Gate verdict for ``candidate``: its metric must reach ``min_value``, beat popularity by
+    ``min_lift_over_popularity`` and, when a previous version exists (``metrics["previous"]``,
+    re-scored on the same cases), not fall below it by more than ``max_drop_vs_previous``."""
     value = metrics[candidate][gate.metric]
     baseline = metrics["popularity"][gate.metric]
     needed = max(gate.min_value, baseline * gate.min_lift_over_popularity)
+    reasons = [
+        f"min_value {gate.min_value}, popularity {baseline:.4f} x {gate.min_lift_over_popularity}"
+    ]
+    previous = metrics.get("previous")
+    if previous:
+        floor = previous[gate.metric] * (1 - gate.max_drop_vs_previous)
+        needed = max(needed, floor)
+        reasons.append(
+            f"previous {previous['version']} {previous[gate.metric]:.4f} x "
+            f"{1 - gate.max_drop_vs_previous:.2f}"
+        )
+    else:
+        reasons.append("no previous version")
     passed = value >= needed and metrics["n_cases"] > 0
     reason = (
         f"{candidate} {gate.metric} {value:.4f} {'>=' if passed else '<'} required {needed:.4f} "
-        f"(min_value {gate.min_value}, popularity {baseline:.4f} x {gate.min_lift_over_popularity})"
+        f"({'; '.join(reasons)})"
     )
     if metrics["n_cases"] == 0:
         reason = "no evaluation cases in the holdout"
@@ -184,5 +245,6 @@ def check_gate(metrics: dict, candidate: str, gate: GateConfig) -> dict:
         "metric": gate.metric,
         "value": value,
         "required": needed,
+        "previous_version": previous["version"] if previous else None,
         "reason": reason,
     }

@@ -24,7 +24,7 @@ from embedding.config import Config
 from embedding.errors import InputError, QualityGateError
 from embedding.publish import FaultHook
 from embedding.train_w2v import ItemVectors
-from embedding.vectors_io import read_vectors, write_vectors
+from embedding.vectors_io import VECTORS_FILE, read_vectors, write_vectors
 from embedding.window import WindowData, load_table, missing_days, read_marker, split_holdout
 from embedding.window import window_days as list_window_days
 
@@ -247,7 +247,7 @@ def _candidates(cfg: Config, plan: RunPlan) -> dict[str, ItemVectors]:
 
 def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
     """Metrics of every candidate and the popularity baseline, and the gate verdict."""
-    from embedding.evaluate import check_gate, evaluate_candidates
+    from embedding.evaluate import check_gate, evaluate_candidates, score_previous
 
     out = _artefact(plan, "metrics.json")
     if plan.already_published:
@@ -266,6 +266,15 @@ def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
     )
     metrics["holdout"] = data.holdout
     metrics["published"] = list(candidates)[-1]
+    root = Path(plan.publish_root)
+    previous = publish.previous_version(root, publish.version_day(plan.version))
+    metrics["previous"] = None
+    if previous is not None:
+        old, _ = read_vectors(root / publish.VERSIONS / previous / VECTORS_FILE)
+        metrics["previous"] = score_previous(
+            old, previous, candidates[metrics["published"]], data.test_sessions,
+            cfg.evaluate, cfg.seed,
+        )  # fmt: skip
     gate = check_gate(metrics, metrics["published"], cfg.gate)
     result = {"metrics": metrics, "gate": gate}
     out.write_text(json.dumps(result, indent=1))

@@ -74,6 +74,25 @@ def read_current(root: Path) -> str | None:
     return text or None
 
 
+def previous_version(root: Path, before_day: str) -> str | None:
+    """The latest complete published version trained on days before ``before_day``
+    (YYYYMMDD): the latest last day wins; among versions of that day, ``CURRENT``, else the
+    last by name. None for the first version."""
+    folder = root / VERSIONS
+    days = {
+        path.name: version_day(path.name)
+        for path in (folder.iterdir() if folder.is_dir() else [])
+        if version_day(path.name) < before_day and (path / MANIFEST).is_file()
+    }
+    if not days:
+        return None
+    latest = max(days.values())
+    current = read_current(root)
+    if current in days and days[current] == latest:
+        return current
+    return max(name for name, day in days.items() if day == latest)
+
+
 def verify_version(version_dir: Path) -> dict:
     """Load a version's manifest and check every file's checksum; raise PublishError if not."""
     manifest_path = version_dir / MANIFEST

@@ -18,11 +18,12 @@ from embedding.evaluate import (
     MISS,
     check_gate,
     embedding_ranks,
+    neighbour_stability,
     next_item_cases,
     popularity_ranks,
     ranking_metrics,
 )
-from embedding.train_w2v import ItemVectors
+from embedding.train_w2v import ItemVectors, normalize_rows
 from embedding.window import split_holdout
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -261,3 +262,47 @@ def test_retention_deletes_only_days_before_the_cutoff(tmp_path: Path) -> None:
     ]
     assert not day_marker_path(tmp_path, "2026-01-01").exists()
     assert apply_retention(tmp_path, end=date(2026, 1, 4), retention_days=2) == []
+
+
+@pytest.mark.parametrize(
+    ("previous", "passed", "required"),
+    [
+        (None, True, 0.25),  # the first version: no predecessor, recorded
+        (0.5, True, 0.45),  # 0.5 x (1 - 0.1): a small drop is tolerated
+        (0.6, False, 0.54),  # a drop of more than 10% is refused
+    ],
+)
+def test_check_gate_against_the_previous_version(
+    previous: float | None, passed: bool, required: float
+) -> None:
+    metrics = gate_metrics(0.5, 0.25)
+    if previous is not None:
+        metrics["previous"] = {"version": "20260107-abcd", "hr@10": previous}
+    gate = GateConfig(metric="hr@10", min_value=0.0, max_drop_vs_previous=0.1)
+    verdict = check_gate(metrics, "finetuned", gate)
+    assert verdict["passed"] is passed
+    assert verdict["required"] == pytest.approx(required)
+    assert verdict["previous_version"] == (None if previous is None else "20260107-abcd")
+    assert ("no previous version" in verdict["reason"]) is (previous is None)
+
+
+def test_neighbour_stability_sees_a_reshuffled_space() -> None:
+    rng = np.random.default_rng(0)
+    ids = [f"i{i:03d}" for i in range(300)]
+    base = ItemVectors(ids, normalize_rows(rng.normal(size=(300, 16))), np.ones(300, np.int64))
+    noisy = normalize_rows(base.vectors + 0.05 * rng.normal(size=(300, 16)))
+    shuffled = ItemVectors(ids, normalize_rows(rng.normal(size=(300, 16))), base.counts)
+    same = neighbour_stability(base, base, k=10)
+    assert same == {"overlap@10": 1.0, "n_common": 300, "n_items": 300}
+    close = neighbour_stability(base, ItemVectors(ids, noisy, base.counts), k=10)["overlap@10"]
+    assert 0.6 < close < 1.0
+    assert neighbour_stability(base, shuffled, k=10)["overlap@10"] < 0.15  # chance: 10/299
+    # only the items both versions have count
+    fewer = ItemVectors(ids[:100], base.vectors[:100], base.counts[:100])
+    assert neighbour_stability(base, fewer, k=10)["n_common"] == 100
+    assert (
+        neighbour_stability(base, ItemVectors(ids[:5], base.vectors[:5], base.counts[:5]))[
+            "overlap@10"
+        ]
+        is None
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,44 @@ def test_every_method_is_scored_on_the_same_cases(generated_run: dict) -> None:
     booked = metrics["booked_item"]["finetuned"]
     assert booked["overall"]["n"] > 0 and len(booked["by_position"]) == 10
     assert "impression_rerank" not in metrics  # the generator records no impressions
+    assert metrics["previous"] is None  # the first version here
+    assert "no previous version" in generated_run["result"]["gate"]["reason"]
+
+
+def test_gate_refuses_a_broken_model_that_falls_below_the_previous_version(
+    generated_run: dict, tmp_path: Path
+) -> None:
+    from datetime import date
+
+    from conftest import small_config
+
+    from embedding.errors import QualityGateError
+    from embedding.pipeline import Paths
+
+    work = tmp_path / "work"
+    shutil.copytree(generated_run["paths"].work_dir, work)
+    paths = Paths(generated_run["paths"].input, str(tmp_path / "pub"), str(work))
+    good = run_pipeline(
+        small_config(**{"window.days": 7}), paths, (date(2026, 1, 1), date(2026, 1, 8))
+    )
+    first = good["publish"]["version"]
+    assert first.startswith("20260107-") and good["metrics"]["previous"] is None
+
+    broken = small_config(**{"window.days": 7, "word2vec.epochs": 1, "word2vec.alpha": 0.0001,
+                             "finetune.enabled": False, "gate.min_value": 0.0,
+                             "gate.min_lift_over_popularity": 0.0})  # fmt: skip
+    with pytest.raises(QualityGateError, match=f"previous {first}") as failure:
+        run_pipeline(broken, paths, (date(2026, 1, 2), date(2026, 1, 9)))
+    assert failure.value.exit_code == 3
+    root = Path(paths.publish_root)
+    assert publish.read_current(root) == first
+    (rejected,) = (root / publish.REJECTED).iterdir()
+    assert rejected.name.startswith("20260108-")
+    manifest = json.loads((rejected / "manifest.json").read_text())
+    previous = manifest["metrics"]["previous"]
+    assert previous["version"] == first and previous["n"] == manifest["metrics"]["n_cases"]
+    assert manifest["metrics"]["word2vec"]["hr@10"] < 0.9 * previous["hr@10"]
+    assert 0.0 <= previous["stability"]["overlap@10"] < 0.2  # a broken model shares little
 
 
 def test_rerun_finds_the_version_already_published(generated_run: dict) -> None:
