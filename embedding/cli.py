@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--last-run", action="store_true", help="also say what the latest run did")
     _add_config_args(ver)
 
+    rep = sub.add_parser("report", help="write a published version's HTML report to a file")
+    rep.add_argument("--version", default=None, help="default: CURRENT")
+    rep.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    rep.add_argument("--publish-root", type=Path, default=None)
+    _add_config_args(rep)
+
     nb = sub.add_parser("neighbors", help="print the nearest items of one item (exact cosine)")
     nb.add_argument("item_id")
     nb.add_argument("--publish-root", type=Path, default=None)
@@ -222,11 +228,35 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from embedding.pipeline import version_report
+    from embedding.publish import MANIFEST, REJECTED, VERSIONS, read_current, verify_version
+    from embedding.vectors_io import VECTORS_FILE, read_vectors
+
+    cfg = _load(args)
+    root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
+    version = args.version or read_current(root)
+    if version is None:
+        raise InputError(f"{root}: no CURRENT version; publish one first or pass --version")
+    folder = root / VERSIONS / version
+    if not (folder / MANIFEST).is_file():
+        rejected = root / REJECTED / version / "report.html"
+        where = f"; its report is {rejected}" if rejected.is_file() else ""
+        raise InputError(f"{folder}: no such published version{where}")
+    manifest = verify_version(folder)
+    vectors, markets = read_vectors(folder / VECTORS_FILE)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(version_report(version, manifest, vectors, markets, cfg.seed))
+    print(f"wrote {args.out} (report of {version})")
+    return 0
+
+
 COMMANDS = {
     "generate": cmd_generate,
     "run": cmd_run,
     "versions": cmd_versions,
     "neighbors": cmd_neighbors,
+    "report": cmd_report,
 }
 
 

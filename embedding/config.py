@@ -146,6 +146,15 @@ class EvaluateConfig(_Frozen):
     booked_max_position: int = Field(10, ge=1)  # booked-item rank: click positions reported
 
 
+class ColdStartConfig(_Frozen):
+    """Vectors for items of the item table (CONTRACTS §1b) too rare to train (Airbnb: the mean
+    of the 3 most similar listings of the same market by type and price)."""
+
+    enabled: bool = True
+    k: int = Field(3, ge=1)  # similar trained items averaged
+    measure_items: int = Field(500, ge=0)  # trained items hidden to measure it; 0: off
+
+
 class GateConfig(_Frozen):
     """The published vectors must reach these next-item figures on the holdout."""
 
@@ -192,6 +201,7 @@ class Config(_Frozen):
     word2vec: Word2VecParams = Word2VecParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateConfig = EvaluateConfig()
+    cold_start: ColdStartConfig = ColdStartConfig()
     gate: GateConfig = GateConfig()
     spark: SparkConfig = SparkConfig()
     serving: ServingConfig = ServingConfig()

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -193,6 +194,53 @@ def item_markets(plan: RunPlan) -> dict[str, str | None]:
     }
 
 
+COLD_START_FILE = "cold_start.parquet"
+REPORT_FILE = "report.html"
+
+
+def load_item_meta(plan: RunPlan):
+    """The item table of the window (latest row per item), or None when the source has none."""
+    from embedding.cold_start import item_meta
+
+    days = [date.fromisoformat(d) for d in plan.days]
+    items = load_table(Path(plan.work_dir), "items", days)
+    if items is None or items.num_rows == 0:
+        return None
+    return item_meta(items)
+
+
+def cold_start_stage(cfg: Config, plan: RunPlan, trained: ItemVectors, meta) -> dict:
+    """Cold-start vectors for the item table's untrained items, and how well they work."""
+    from embedding.cold_start import cold_start_vectors, measure_cold_start, with_cold_start
+
+    if meta is None or not cfg.cold_start.enabled:
+        return {"enabled": cfg.cold_start.enabled, "n_table_items": 0, "n_cold_start": 0}
+    cold = cold_start_vectors(trained, meta, cfg.cold_start.k)
+    cold_vectors, cold_ids = with_cold_start(ItemVectors([], np.zeros((0, trained.dim), np.float32),
+                                                         np.zeros(0, np.int64)), cold)  # fmt: skip
+    meta_market = dict(zip(meta.ids, meta.markets, strict=True))
+    cold_markets = {i: meta_market.get(i) for i in cold_ids}
+    write_vectors(_artefact(plan, COLD_START_FILE), cold_vectors, cold_markets, cold_ids)
+    trained_ids = set(trained.ids)
+    n_table = len(meta.ids)
+    covered = sum(1 for i in meta.ids if i in trained_ids) + len(cold)
+    result = {
+        "enabled": True,
+        "k": cfg.cold_start.k,
+        "n_table_items": n_table,
+        "n_cold_start": len(cold),
+        "coverage_trained": sum(1 for i in meta.ids if i in trained_ids) / n_table,
+        "coverage": covered / n_table,
+    }
+    if cfg.cold_start.measure_items:
+        result["measured"] = measure_cold_start(
+            trained, meta, cfg.cold_start.k, cfg.cold_start.measure_items, cfg.seed
+        )
+    logger.info("cold start: %s", result)
+    _artefact(plan, "cold_start.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def _artefact(plan: RunPlan, name: str) -> Path:
     return Path(plan.run_dir) / name
 
@@ -208,8 +256,10 @@ def train_stage(cfg: Config, plan: RunPlan) -> str:
     items = data.train_sessions.column("item_ids").to_pylist()
     booked = [bool(b) for b in data.train_sessions.column("booked_items").to_pylist()]
     corpus = SessionCorpus(items, booked, cfg.word2vec.booked_oversample)
-    vectors = train_word2vec(corpus, cfg.word2vec, cfg.seed)
+    history: list[dict] = []
+    vectors = train_word2vec(corpus, cfg.word2vec, cfg.seed, history)
     write_vectors(out, vectors)
+    _artefact(plan, "word2vec_stats.json").write_text(json.dumps({"history": history}, indent=1))
     return str(out)
 
 
@@ -266,6 +316,9 @@ def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
     )
     metrics["holdout"] = data.holdout
     metrics["published"] = list(candidates)[-1]
+    metrics["cold_start"] = cold_start_stage(
+        cfg, plan, candidates[metrics["published"]], load_item_meta(plan)
+    )
     root = Path(plan.publish_root)
     previous = publish.previous_version(root, publish.version_day(plan.version))
     metrics["previous"] = None
@@ -283,6 +336,7 @@ def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
 
 def _manifest_fields(cfg: Config, plan: RunPlan, evaluation: dict, extra: dict | None) -> dict:
     finetune_stats = _artefact(plan, "finetune_stats.json")
+    w2v_stats = _artefact(plan, "word2vec_stats.json")
     return {
         "data_interval": {"start": plan.interval_start, "end": plan.interval_end},
         "days": plan.days,
@@ -293,16 +347,40 @@ def _manifest_fields(cfg: Config, plan: RunPlan, evaluation: dict, extra: dict |
         "metrics": evaluation["metrics"],
         "gate": evaluation["gate"],
         "finetune": json.loads(finetune_stats.read_text()) if finetune_stats.is_file() else {},
+        "word2vec": json.loads(w2v_stats.read_text()) if w2v_stats.is_file() else {},
         **(extra or {}),
     }
+
+
+def version_report(
+    version: str, manifest: dict, vectors: ItemVectors, markets: dict, seed: int = 0
+) -> str:
+    """The HTML report of a version from its manifest fields and vectors (CONTRACTS §2)."""
+    from embedding.report import ReportData, render_report
+
+    data = ReportData(
+        version=version,
+        metrics=manifest.get("metrics", {}),
+        gate=manifest.get("gate", {}),
+        vectors=vectors,
+        markets=markets,
+        word2vec_history=manifest.get("word2vec", {}).get("history", []),
+        finetune_history=manifest.get("finetune", {}).get("history", []),
+        params=manifest.get("params"),
+        data_interval=manifest.get("data_interval"),
+    )
+    return render_report(data, seed=seed)
 
 
 def gate_stage(cfg: Config, plan: RunPlan, evaluation: dict, extra: dict | None = None) -> None:
     """Raise QualityGateError (after recording the candidate under ``rejected/``) on failure."""
     if plan.already_published or evaluation["gate"]["passed"]:
         return
+    fields = _manifest_fields(cfg, plan, evaluation, extra)
+    candidate = _candidates(cfg, plan)[evaluation["metrics"]["published"]]
+    report = version_report(plan.version, fields, candidate, item_markets(plan), cfg.seed)
     target = publish.reject_version(
-        Path(plan.publish_root), plan.version, _manifest_fields(cfg, plan, evaluation, extra)
+        Path(plan.publish_root), plan.version, fields, {REPORT_FILE: report}
     )
     raise QualityGateError(
         f"quality gate failed for {plan.version}: {evaluation['gate']['reason']}; "
@@ -325,14 +403,29 @@ def publish_stage(
     elif not evaluation["gate"]["passed"]:
         raise QualityGateError(f"refusing to publish {plan.version}: the gate did not pass")
     else:
+        from embedding.cold_start import with_cold_start
+
         final = _candidates(cfg, plan)[evaluation["metrics"]["published"]]
+        markets = item_markets(plan)
+        cold: set[str] = set()
+        cold_file = _artefact(plan, COLD_START_FILE)
+        if cold_file.is_file():
+            extra_vectors, extra_markets = read_vectors(cold_file)
+            final, cold = with_cold_start(
+                final, dict(zip(extra_vectors.ids, extra_vectors.vectors, strict=True))
+            )
+            markets = {**extra_markets, **markets}
+        fields = _manifest_fields(cfg, plan, evaluation, extra)
+        report = version_report(plan.version, fields, final, markets, cfg.seed)
         result = publish.publish_version(
             root,
             plan.version,
             final,
-            item_markets(plan),
-            _manifest_fields(cfg, plan, evaluation, extra),
+            markets,
+            fields,
             fault=fault,
+            cold_start=cold,
+            extra_files={REPORT_FILE: report},
         )
     outcome = {**asdict(result), "data_interval": [plan.interval_start, plan.interval_end]}
     (Path(plan.work_dir) / LAST_PUBLISH).write_text(json.dumps(outcome, indent=1))

@@ -150,9 +150,17 @@ def _no_fault(step: str) -> None:
 
 
 def _write_version_dir(
-    target: Path, vectors: ItemVectors, markets: dict, manifest: dict, fault: FaultHook
+    target: Path,
+    vectors: ItemVectors,
+    markets: dict,
+    manifest: dict,
+    fault: FaultHook,
+    cold_start: set[str] | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> None:
-    write_vectors(target / VECTORS_FILE, vectors, markets)
+    write_vectors(target / VECTORS_FILE, vectors, markets, cold_start)
+    for name, text in (extra_files or {}).items():
+        (target / name).write_text(text)
     fault("data_written")
     files = {
         p.name: file_sha256(p)
@@ -178,8 +186,12 @@ def publish_version(
     markets: dict[str, str | None],
     manifest: dict,
     fault: FaultHook | None = None,
+    cold_start: set[str] | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> PublishResult:
-    """Publish ``vectors`` as ``version`` under ``root`` and move CURRENT forward."""
+    """Publish ``vectors`` (``cold_start``: the ids flagged ``is_cold_start``) and
+    ``extra_files`` (name -> text, e.g. ``report.html``) as ``version`` under ``root``, then
+    move CURRENT forward."""
     fault = fault or _no_fault
     final = root / VERSIONS / version
     already = is_published(root, version)
@@ -191,7 +203,15 @@ def publish_version(
         tmp = root / TMP / f"{version}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
-            _write_version_dir(tmp, vectors, markets, {**manifest, "version": version}, fault)
+            _write_version_dir(
+                tmp,
+                vectors,
+                markets,
+                {**manifest, "version": version},
+                fault,
+                cold_start,
+                extra_files,
+            )
             fault("before_rename")
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(tmp, final)
@@ -211,10 +231,14 @@ def finish_publish(root: Path, version: str) -> PublishResult:
     return PublishResult(version, str(root / VERSIONS / version), True, moved, read_current(root))
 
 
-def reject_version(root: Path, version: str, manifest: dict) -> Path:
-    """Record a candidate that failed the quality gate (its manifest and metrics)."""
+def reject_version(
+    root: Path, version: str, manifest: dict, extra_files: dict[str, str] | None = None
+) -> Path:
+    """Record a candidate that failed the quality gate (its manifest, metrics and report)."""
     target = root / REJECTED / version
     target.mkdir(parents=True, exist_ok=True)
+    for name, text in (extra_files or {}).items():
+        _write_atomic(target / name, text)
     payload = {"contract_version": CONTRACT_VERSION, **manifest, "version": version}
     _write_atomic(target / MANIFEST, json.dumps(payload, indent=2, sort_keys=True, default=str))
     return target

@@ -80,7 +80,7 @@ class SessionCorpus:
         return len(self.sessions) + extra
 
 
-def _epoch_logger(n_words: int):
+def _epoch_logger(n_words: int, history: list[dict]):
     from gensim.models.callbacks import CallbackAny2Vec
 
     class EpochLog(CallbackAny2Vec):
@@ -96,11 +96,14 @@ def _epoch_logger(n_words: int):
             loss = model.get_latest_training_loss()
             elapsed = time.monotonic() - self.started
             self.epoch += 1
+            words_per_s = n_words / max(elapsed, 1e-9)
+            history.append({"epoch": self.epoch, "loss": loss - self.last_loss,
+                            "words_per_s": words_per_s})  # fmt: skip
             logger.info(
                 "word2vec epoch %d/%d: %.0f words/s, loss %.1f (per-epoch difference, indicative)",
                 self.epoch,
                 model.epochs,
-                n_words / max(elapsed, 1e-9),
+                words_per_s,
                 loss - self.last_loss,
             )
             self.last_loss = loss
@@ -108,8 +111,11 @@ def _epoch_logger(n_words: int):
     return EpochLog()
 
 
-def train_word2vec(corpus: SessionCorpus, params: Word2VecParams, seed: int) -> ItemVectors:
-    """Train skip-gram (or CBOW, ``params.sg=0``) with negative sampling on ``corpus``."""
+def train_word2vec(
+    corpus: SessionCorpus, params: Word2VecParams, seed: int, history: list[dict] | None = None
+) -> ItemVectors:
+    """Train skip-gram (or CBOW, ``params.sg=0``) with negative sampling on ``corpus``; one
+    ``{"epoch", "loss", "words_per_s"}`` per epoch is appended to ``history`` when given."""
     from gensim.models import Word2Vec
 
     counts = Counter(item for items in corpus for item in items)
@@ -144,7 +150,7 @@ def train_word2vec(corpus: SessionCorpus, params: Word2VecParams, seed: int) -> 
         total_examples=model.corpus_count,
         epochs=params.epochs,
         compute_loss=True,
-        callbacks=[_epoch_logger(n_words)],
+        callbacks=[_epoch_logger(n_words, history if history is not None else [])],
     )
     wv = model.wv
     ids = list(wv.index_to_key)

@@ -18,7 +18,11 @@ from embedding.train_w2v import ItemVectors
 VECTORS_FILE = "item_vectors.parquet"
 
 
-def vectors_table(vectors: ItemVectors, markets: dict[str, str | None] | None = None) -> pa.Table:
+def vectors_table(
+    vectors: ItemVectors,
+    markets: dict[str, str | None] | None = None,
+    cold_start: set[str] | None = None,
+) -> pa.Table:
     order = np.argsort(np.array(vectors.ids, dtype=object), kind="stable")
     ids = [vectors.ids[i] for i in order]
     dim = vectors.dim
@@ -31,15 +35,18 @@ def vectors_table(vectors: ItemVectors, markets: dict[str, str | None] | None = 
             "vector": pa.ListArray.from_arrays(offsets, flat),
             "market": pa.array([markets.get(i) for i in ids], pa.string()),
             "n_events": pa.array(vectors.counts[order], pa.int64()),
-            "is_cold_start": pa.array(np.zeros(len(ids), dtype=bool)),
+            "is_cold_start": pa.array([i in (cold_start or ()) for i in ids], pa.bool_()),
         }
     )
 
 
 def write_vectors(
-    path: Path, vectors: ItemVectors, markets: dict[str, str | None] | None = None
+    path: Path,
+    vectors: ItemVectors,
+    markets: dict[str, str | None] | None = None,
+    cold_start: set[str] | None = None,
 ) -> None:
-    pq.write_table(vectors_table(vectors, markets), path, compression="zstd")
+    pq.write_table(vectors_table(vectors, markets, cold_start), path, compression="zstd")
 
 
 def read_vectors(path: Path) -> tuple[ItemVectors, dict[str, str | None]]:

@@ -40,7 +40,9 @@ def test_run_publishes_a_complete_version(generated_run: dict) -> None:
     assert (
         manifest["n_items"] == pq.read_metadata(root / "versions" / version / VECTORS_FILE).num_rows
     )
-    assert set(manifest["files"]) == {VECTORS_FILE}
+    assert set(manifest["files"]) == {VECTORS_FILE, "report.html"}
+    report = (root / "versions" / version / "report.html").read_text()
+    assert 'id="projection"' in report and "data:image/png;base64," in report
     assert manifest["params"]["word2vec"]["workers"] == 1
     vectors, markets = read_vectors(root / "versions" / version / VECTORS_FILE)
     np.testing.assert_allclose(np.linalg.norm(vectors.vectors, axis=1), 1.0, atol=1e-5)
@@ -147,6 +149,7 @@ def test_failed_gate_records_the_candidate_and_keeps_current(generated_run: dict
     assert not (root / "versions" / rejected[0]).exists()
     manifest = json.loads((root / publish.REJECTED / rejected[0] / "manifest.json").read_text())
     assert manifest["gate"]["passed"] is False
+    assert (root / publish.REJECTED / rejected[0] / "report.html").is_file()
 
 
 def _vectors(n: int = 50, dim: int = 8, seed: int = 0) -> ItemVectors:
@@ -241,3 +244,16 @@ def test_manifest_records_parameters_and_interval(generated_run: dict) -> None:
     ):
         assert key in manifest, key
     assert manifest["ingest"]["rows_read"] == 200_000
+
+
+def test_report_command_regenerates_a_version_report(generated_run: dict, tmp_path: Path) -> None:
+    from embedding.cli import main
+
+    root = generated_run["root"]
+    version = publish.read_current(root)
+    out = tmp_path / "r" / "report.html"
+    assert main(["report", "--publish-root", str(root), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert version in html and 'data-plot="by_position"' in html
+    assert main(["report", "--publish-root", str(root), "--version", "19990101-x", "--out",
+                 str(out)]) == 2  # fmt: skip

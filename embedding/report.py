@@ -1,0 +1,554 @@
+"""A self-contained HTML report on one version of item vectors, for analysts.
+
+Input: a ``ReportData`` (the version id, the metrics dict of ``embedding.evaluate``, the gate
+verdict, the ``ItemVectors``, each item's market, the per-epoch training histories, the resolved
+config and the data interval). Output: one HTML string with sections ``summary``, ``metrics``,
+``previous``, ``by_position``, ``impressions``, ``training``, ``projection``, ``neighbours``,
+``stability`` and ``params``, in that order; the caller writes it to a file. Plots are PNGs drawn
+with matplotlib (Agg) and inlined as base64 ``data:`` URIs: no external files, no JavaScript, no
+network. Each plot is a ``<figure class="plot" data-plot=NAME data-points=N>``, N being the number
+of data points drawn; a plot without data is not drawn, a ``<p class="empty">`` says why instead.
+Missing optional metrics give a "not available" note, never an exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+matplotlib.use("Agg")  # no display; must precede the pyplot import
+import matplotlib.pyplot as plt
+
+from embedding.train_w2v import ItemVectors
+
+CANDIDATES = ("word2vec", "finetuned")
+DEFAULT_BASELINES = ("popularity", "cooccurrence", "ppmi_svd")
+RANKING_KEYS = ("hr@10", "hr@20", "mrr@20", "ndcg@10")
+N_MARKET_COLOURS = 10  # the most frequent markets get a colour each, the rest are grey
+FIGSIZE_IN = (6.0, 3.5)
+DPI = 90
+NOT_AVAILABLE = "not available"
+
+CSS = """
+body { font-family: sans-serif; max-width: 60em; margin: 1em auto; padding: 0 1em; color: #222; }
+section { margin-bottom: 2em; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+tr.published { background: #fff3c4; font-weight: bold; }
+.gate { border: 2px solid; padding: 0.6em 1em; font-size: 1.1em; }
+.gate.passed { border-color: #2a7a2a; background: #eaf6ea; }
+.gate.failed { border-color: #a82222; background: #fbeaea; }
+p.empty { color: #777; font-style: italic; }
+figure.plot { margin: 0.5em 0; }
+figcaption { font-size: 0.85em; color: #555; }
+pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; }
+"""
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything the report shows; shapes as in ``embedding.evaluate`` and the trainers' logs."""
+
+    version: str
+    metrics: dict  # embedding.evaluate.evaluate_candidates (+ "holdout", "published", "previous")
+    gate: dict  # embedding.evaluate.check_gate: passed, metric, value, required, reason, ...
+    vectors: ItemVectors
+    markets: Mapping[str, str | None]  # item_id -> market (None or absent: unknown)
+    word2vec_history: Sequence[dict] = ()  # per epoch: epoch, loss, words_per_s
+    finetune_history: Sequence[dict] = ()  # per epoch: epoch, loss, val_recall
+    params: dict | None = None  # the resolved config, shown collapsed
+    data_interval: dict | None = None  # {"start": "YYYY-MM-DD", "end": "YYYY-MM-DD"}
+
+
+# ---------------------------------------------------------------- formatting helpers
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _number(value: object) -> float | None:
+    """A finite float, or None for anything missing, non-numeric or NaN."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _fmt(value: object, digits: int = 4) -> str:
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return str(int(value))
+    number = _number(value)
+    return "–" if number is None else f"{number:.{digits}f}"
+
+
+def _empty(reason: str) -> str:
+    return f'<p class="empty">{_esc(reason)}</p>'
+
+
+def _section(section_id: str, title: str, body: str) -> str:
+    return f'<section id="{section_id}">\n<h2>{_esc(title)}</h2>\n{body}\n</section>'
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], highlight: int | None = None
+) -> str:
+    """An HTML table; cells are formatted with ``_fmt`` unless they are strings."""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    lines = ["<table>", f"<thead><tr>{head}</tr></thead>" if head else "", "<tbody>"]
+    for i, row in enumerate(rows):
+        cells = "".join(
+            f"<td>{_esc(cell if isinstance(cell, str) else _fmt(cell))}</td>" for cell in row
+        )
+        attr = ' class="published"' if i == highlight else ""
+        lines.append(f"<tr{attr}>{cells}</tr>")
+    lines.append("</tbody>\n</table>")
+    return "\n".join(line for line in lines if line)
+
+
+def _new_figure(figsize: tuple[float, float] = FIGSIZE_IN) -> tuple[plt.Figure, plt.Axes]:
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _figure(name: str, fig: plt.Figure, n_points: int, caption: str) -> str:
+    """Render ``fig`` to an inline PNG inside a ``<figure>``, and close it."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    payload = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (
+        f'<figure class="plot" data-plot="{_esc(name)}" data-points="{n_points}">\n'
+        f'<img alt="{_esc(name)}" src="data:image/png;base64,{payload}">\n'
+        f"<figcaption>{_esc(caption)}</figcaption>\n</figure>"
+    )
+
+
+def _bar_chart(
+    name: str, labels: Sequence[str], series: Mapping[str, Sequence[float | None]], caption: str
+) -> str:
+    """Grouped bars, one group per label and one bar per series; missing values are not drawn."""
+    n_points = sum(_number(v) is not None for values in series.values() for v in values)
+    if n_points == 0:
+        return _empty(f"{name}: no values to plot")
+    fig, ax = _new_figure()
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(labels))
+    for j, (series_name, values) in enumerate(series.items()):
+        heights = [_number(v) or 0.0 for v in values]
+        ax.bar(x + (j - (len(series) - 1) / 2) * width, heights, width, label=series_name)
+    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+    ax.legend(fontsize=8)
+    return _figure(name, fig, n_points, caption)
+
+
+def _line_chart(
+    name: str,
+    lines: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    caption: str,
+) -> str:
+    """One line per entry of ``lines`` (x values, y values); empty lines are left out."""
+    lines = {label: xy for label, xy in lines.items() if len(xy[0])}
+    n_points = sum(len(xs) for xs, _ in lines.values())
+    if n_points == 0:
+        return _empty(f"{name}: no values to plot")
+    fig, ax = _new_figure()
+    for label, (xs, ys) in lines.items():
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and positions
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(lines) > 1:
+        ax.legend(fontsize=8)
+    return _figure(name, fig, n_points, caption)
+
+
+# ---------------------------------------------------------------- metric lookups
+
+
+def _methods(metrics: Mapping) -> list[str]:
+    """Methods with a metrics entry: the baselines, then word2vec and finetuned."""
+    baselines = metrics.get("baselines") or DEFAULT_BASELINES
+    names = [*baselines, *CANDIDATES]
+    return [n for n in dict.fromkeys(names) if isinstance(metrics.get(n), Mapping)]
+
+
+def _published(metrics: Mapping) -> str | None:
+    published = metrics.get("published")
+    if published:
+        return str(published)
+    present = [n for n in CANDIDATES if isinstance(metrics.get(n), Mapping)]
+    return present[-1] if present else None
+
+
+def _previous(metrics: Mapping) -> Mapping | None:
+    previous = metrics.get("previous")
+    return previous if isinstance(previous, Mapping) else None
+
+
+# ---------------------------------------------------------------- sections
+
+
+def summary_section(data: ReportData) -> str:
+    metrics, gate = data.metrics, data.gate
+    interval = data.data_interval or {}
+    passed = bool(gate.get("passed"))
+    verdict = "passed" if passed else "failed"
+    n_cases = metrics.get("n_cases")
+    n_total = metrics.get("n_cases_total")
+    coverage = _number(metrics.get("coverage"))
+    rows = [
+        ("version", data.version),
+        (
+            "data interval",
+            f"{interval.get('start', '?')} to {interval.get('end', '?')}"
+            if interval
+            else NOT_AVAILABLE,
+        ),
+        ("holdout", str(metrics.get("holdout", NOT_AVAILABLE))),
+        (
+            "evaluation cases",
+            f"{_fmt(n_cases)} (of {_fmt(n_total)})" if n_total is not None else _fmt(n_cases),
+        ),
+        ("coverage", "–" if coverage is None else f"{coverage:.4f} ({coverage:.1%})"),
+        ("published vectors", str(_published(metrics) or NOT_AVAILABLE)),
+        ("previous version", str(gate.get("previous_version") or "none")),
+    ]
+    gate_box = (
+        f'<div class="gate {verdict}"><strong>Quality gate {verdict}</strong>: '
+        f"{_esc(gate.get('metric', '?'))} {_esc(_fmt(gate.get('value')))}, "
+        f"required {_esc(_fmt(gate.get('required')))}"
+        f'<br><span class="reason">{_esc(gate.get("reason", ""))}</span></div>'
+    )
+    return _section("summary", f"Version {data.version}", gate_box + "\n" + _table((), rows))
+
+
+def metrics_section(metrics: Mapping) -> str:
+    methods = _methods(metrics)
+    if not methods:
+        return _section("metrics", "Next-item metrics", _empty(f"metrics: {NOT_AVAILABLE}"))
+    published = _published(metrics)
+    entries = [(name, metrics[name]) for name in methods]
+    previous = _previous(metrics)
+    if previous:
+        entries.append((f"previous ({previous.get('version', '?')})", previous))
+    rows = [
+        [
+            name + (" (published)" if name == published else ""),
+            *(m.get(key) for key in RANKING_KEYS),
+            (m.get("covered") or {}).get("hr@10"),
+            m.get("n"),
+        ]
+        for name, m in entries
+    ]
+    highlight = methods.index(published) if published in methods else None
+    headers = ("method", "HR@10", "HR@20", "MRR@20", "NDCG@10", "HR@10 covered", "n")
+    chart = _bar_chart(
+        "metrics",
+        [name for name, _ in entries],
+        {
+            "HR@10": [m.get("hr@10") for _, m in entries],
+            "MRR@20": [m.get("mrr@20") for _, m in entries],
+        },
+        "Next-item HR@10 and MRR@20 per method, all evaluation cases.",
+    )
+    note = (
+        f"<p>All methods on the same {_esc(_fmt(metrics.get('n_cases')))} held-out next-item "
+        "cases; 'covered' is the slice whose query and target items have vectors.</p>"
+    )
+    return _section("metrics", "Next-item metrics", note + _table(headers, rows, highlight) + chart)
+
+
+def previous_section(metrics: Mapping) -> str:
+    previous = _previous(metrics)
+    title = "Candidate vs previous version"
+    if previous is None:
+        return _section("previous", title, _empty("first version: no predecessor"))
+    published = _published(metrics)
+    candidate = metrics.get(published) if published else None
+    candidate = candidate if isinstance(candidate, Mapping) else {}
+    rows = []
+    for key in (*RANKING_KEYS, "n"):
+        new, old = candidate.get(key), previous.get(key)
+        both = None not in (_number(new), _number(old))
+        rows.append([key, new, old, _number(new) - _number(old) if both and key != "n" else None])
+    headers = ("metric", f"candidate ({published})", f"previous ({previous.get('version', '?')})")
+    note = "<p>The previous version re-scored on this run's evaluation cases.</p>"
+    return _section("previous", title, note + _table((*headers, "difference"), rows))
+
+
+def by_position_section(metrics: Mapping) -> str:
+    title = "Booked item by click position"
+    booked = metrics.get("booked_item")
+    if not isinstance(booked, Mapping) or not booked:
+        return _section("by_position", title, _empty(f"booked-item metrics: {NOT_AVAILABLE}"))
+    overall_keys = ("hr@10", "mrr@20", "mean_rank", "n", "covered")
+    overall = [
+        [name, *((m.get("overall") or {}).get(key) for key in overall_keys)]
+        for name, m in booked.items()
+    ]
+    # method -> {position: HR@10}, positions without a value left out
+    hr_by_position = {
+        name: {
+            r["position"]: r["hr@10"]
+            for r in m.get("by_position") or []
+            if "position" in r and _number(r.get("hr@10")) is not None
+        }
+        for name, m in booked.items()
+    }
+    lines = {name: (list(by_pos), list(by_pos.values())) for name, by_pos in hr_by_position.items()}
+    positions = sorted({p for by_pos in hr_by_position.values() for p in by_pos})
+    position_rows = [[p, *(by_pos.get(p) for by_pos in hr_by_position.values())] for p in positions]
+    chart = _line_chart(
+        "by_position",
+        lines,
+        "click position before the booking",
+        "HR@10 of the booked item",
+        "Rank of the booked item among all items by cosine to each clicked item, by position.",
+    )
+    body = (
+        _table(("method", "HR@10", "MRR@20", "mean rank", "n", "covered"), overall)
+        + chart
+        + _table(("position", *(f"{name} HR@10" for name in hr_by_position)), position_rows)
+    )
+    return _section("by_position", title, body)
+
+
+def impressions_section(metrics: Mapping) -> str:
+    title = "Impression re-rank"
+    rerank = metrics.get("impression_rerank")
+    methods = rerank.get("methods") if isinstance(rerank, Mapping) else None
+    if not methods:
+        return _section(
+            "impressions", title, _empty("the source records no impressions: no re-rank metrics")
+        )
+    names = list(methods)
+    rows = [
+        [name, *(methods[name].get(k) for k in ("mrr", "hr@1", "hr@5", "n", "coverage"))]
+        for name in names
+    ]
+    caption = (
+        f"MRR of the booked item when re-ranking what was on screen; "
+        f"{_fmt(rerank.get('n_cases'))} cases, {_fmt(rerank.get('n_no_impressions'))} "
+        f"bookings without impressions, {_fmt(rerank.get('n_target_not_shown'))} with the "
+        "booked item not shown."
+    )
+    chart = _bar_chart(
+        "impressions", names, {"MRR": [methods[n].get("mrr") for n in names]}, caption
+    )
+    table = _table(("method", "MRR", "HR@1", "HR@5", "n", "coverage"), rows)
+    return _section("impressions", title, chart + table)
+
+
+def _history_xy(history: Sequence[Mapping], key: str) -> tuple[list[float], list[float]]:
+    points = [
+        (float(row.get("epoch", i + 1)), _number(row.get(key))) for i, row in enumerate(history)
+    ]
+    points = [(x, y) for x, y in points if y is not None]
+    return [x for x, _ in points], [y for _, y in points]
+
+
+def training_section(
+    word2vec_history: Sequence[Mapping], finetune_history: Sequence[Mapping]
+) -> str:
+    parts = []
+    if word2vec_history:
+        parts.append(
+            _line_chart(
+                "word2vec_loss",
+                {"word2vec": _history_xy(word2vec_history, "loss")},
+                "epoch",
+                "loss",
+                "word2vec loss per epoch: gensim's loss is per-epoch differences of a float32 "
+                "cumulative counter, indicative only.",
+            )
+        )
+    else:
+        parts.append(_empty("word2vec: no training history"))
+    if finetune_history:
+        parts.append(
+            _line_chart(
+                "finetune_loss",
+                {"finetune": _history_xy(finetune_history, "loss")},
+                "epoch",
+                "InfoNCE loss",
+                "Fine-tune InfoNCE loss per epoch (training pairs).",
+            )
+        )
+        parts.append(
+            _line_chart(
+                "finetune_recall",
+                {"finetune": _history_xy(finetune_history, "val_recall")},
+                "epoch",
+                "validation recall",
+                "Fine-tune validation recall per epoch (held-out booking pairs).",
+            )
+        )
+    else:
+        parts.append(_empty("fine-tune: no training history"))
+    return _section("training", "Training", "\n".join(parts))
+
+
+def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project rows onto their first two principal components (SVD of the centred matrix).
+
+    Returns:
+        ``(coords, explained)``: coords (n, 2), explained (2,) share of variance per component.
+    """
+    centred = vectors.astype(np.float64) - vectors.mean(axis=0, dtype=np.float64)
+    _, singular, components = np.linalg.svd(centred, full_matrices=False)
+    variance = singular**2
+    explained = variance[:2] / variance.sum() if variance.sum() > 0 else np.zeros(2)
+    return centred @ components[:2].T, explained
+
+
+def projection_section(data: ReportData, seed: int, max_points: int) -> str:
+    title = "2-D projection (PCA)"
+    vectors = data.vectors
+    n_items = len(vectors.ids)
+    if n_items < 3 or vectors.dim < 2:
+        return _section("projection", title, _empty("too few items or dimensions to project"))
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n_items, size=min(max_points, n_items), replace=False))
+    coords, explained = pca_2d(vectors.vectors[rows])
+    labels = [data.markets.get(vectors.ids[r]) for r in rows]
+    ranked = Counter(m for m in labels if m is not None).most_common()
+    top = [m for m, _ in sorted(ranked, key=lambda mc: (-mc[1], mc[0]))[:N_MARKET_COLOURS]]
+    is_other = np.array([m not in top for m in labels], dtype=bool)
+    fig, ax = _new_figure((6.0, 4.0))
+    if is_other.any():
+        ax.scatter(*coords[is_other].T, s=4, c="#bbbbbb", alpha=0.6, label="other")
+    colours = plt.get_cmap("tab10")
+    for j, market in enumerate(top):
+        mask = np.array([m == market for m in labels], dtype=bool)
+        ax.scatter(*coords[mask].T, s=4, color=colours(j), alpha=0.8, label=str(market))
+    ax.set_xlabel(f"PC1 ({explained[0]:.1%} of variance)")
+    ax.set_ylabel(f"PC2 ({explained[1]:.1%} of variance)")
+    ax.legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    caption = (
+        f"{len(rows)} of {n_items} items (uniform sample, seed {seed}), coloured by market: "
+        f"the {len(top)} most frequent markets, the rest grey."
+    )
+    return _section("projection", title, _figure("projection", fig, len(rows), caption))
+
+
+def nearest_neighbours(vectors: ItemVectors, row: int, k: int) -> list[tuple[int, float]]:
+    """The k rows most cosine-similar to ``row``, itself excluded: (row, score), best first;
+    ties go to the lower row."""
+    matrix = vectors.vectors
+    norms = np.maximum(np.linalg.norm(matrix, axis=1), 1e-12)
+    scores = (matrix @ matrix[row]) / (norms * norms[row])  # (n_items,)
+    scores[row] = -np.inf
+    k = min(k, len(scores) - 1)
+    order = np.lexsort((np.arange(len(scores)), -scores))[:k]
+    return [(int(r), float(scores[r])) for r in order]
+
+
+def neighbours_section(data: ReportData, n_examples: int, k: int) -> str:
+    vectors = data.vectors
+    title = f"Nearest neighbours of the {min(n_examples, len(vectors.ids))} most frequent items"
+    if len(vectors.ids) < 2 or n_examples < 1:
+        return _section("neighbours", title, _empty("too few items for neighbours"))
+    by_count = np.lexsort((np.arange(len(vectors.ids)), -vectors.counts))[:n_examples]
+    parts = [f"<p>Exact cosine, top {k}, the query item excluded.</p>"]
+    for row in by_count:
+        item = vectors.ids[row]
+        parts.append(
+            f"<h3>{_esc(item)} <small>(market {_esc(data.markets.get(item) or '–')}, "
+            f"count {int(vectors.counts[row])})</small></h3>"
+        )
+        rows = [
+            [
+                rank,
+                vectors.ids[r],
+                score,
+                str(data.markets.get(vectors.ids[r]) or "–"),
+                int(vectors.counts[r]),
+            ]
+            for rank, (r, score) in enumerate(nearest_neighbours(vectors, int(row), k), start=1)
+        ]
+        parts.append(_table(("rank", "item", "cosine", "market", "count"), rows))
+    return _section("neighbours", title, "\n".join(parts))
+
+
+def stability_section(metrics: Mapping) -> str:
+    title = "Neighbour stability"
+    previous = _previous(metrics)
+    if previous is None:
+        return _section("stability", title, _empty("no previous version"))
+    stability = previous.get("stability") or {}
+    overlap = _number(stability.get("overlap@10"))
+    if overlap is None:
+        return _section(
+            "stability",
+            title,
+            _empty(f"overlap@10 with {previous.get('version')}: {NOT_AVAILABLE}"),
+        )
+    body = (
+        f"<p>Mean overlap of the top-10 neighbours with version "
+        f"{_esc(previous.get('version', '?'))}: <strong>{overlap:.4f}</strong> over "
+        f"{_esc(_fmt(stability.get('n_items')))} sampled items of "
+        f"{_esc(_fmt(stability.get('n_common')))} in both versions.</p>"
+    )
+    return _section("stability", title, body)
+
+
+def params_section(params: Mapping | None) -> str:
+    if not params:
+        return _section("params", "Configuration", _empty("no configuration given"))
+    text = json.dumps(params, indent=2, sort_keys=True, default=str)
+    body = f"<details><summary>resolved config</summary><pre>{_esc(text)}</pre></details>"
+    return _section("params", "Configuration", body)
+
+
+def render_report(
+    data: ReportData, seed: int = 0, n_examples: int = 5, k: int = 10, max_points: int = 3000
+) -> str:
+    """The whole report as one HTML document (a pure function: the caller writes the file).
+
+    Args:
+        seed: seeds the projection's sample of items.
+        n_examples: how many of the most frequent items get a neighbour table.
+        k: neighbours per table.
+        max_points: most items drawn in the projection.
+    """
+    if k < 1 or max_points < 1 or n_examples < 0:
+        raise ValueError(
+            f"need k >= 1, max_points >= 1, n_examples >= 0; got {k}, {max_points}, {n_examples}"
+        )
+    metrics = data.metrics
+    sections = [
+        summary_section(data),
+        metrics_section(metrics),
+        previous_section(metrics),
+        by_position_section(metrics),
+        impressions_section(metrics),
+        training_section(data.word2vec_history, data.finetune_history),
+        projection_section(data, seed, max_points),
+        neighbours_section(data, n_examples, k),
+        stability_section(metrics),
+        params_section(data.params),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>Item vectors {_esc(data.version)}</title>\n<style>{CSS}</style>\n</head>\n"
+        f"<body>\n<h1>Item vectors {_esc(data.version)}</h1>\n"
+        + "\n".join(sections)
+        + "\n</body>\n</html>\n"
+    )
