@@ -42,12 +42,28 @@ def missing_days(work_dir: Path, days: list[date]) -> list[date]:
 
 
 def load_table(work_dir: Path, table: str, days: list[date]) -> pa.Table | None:
+    """One table over ``days`` (with a ``dt`` column). Partitions written by an older version
+    of the job may store a column with another type (e.g. timestamps in ns without a zone):
+    they are cast to the newest partition's types, or the day is named for a rebuild."""
     parts = []
     for day in days:
         for file in sorted((work_dir / table / f"dt={day}").glob("*.parquet")):
             part = pq.read_table(file)
             parts.append(part.append_column("dt", pa.array([str(day)] * part.num_rows)))
-    return pa.concat_tables(parts, promote_options="permissive") if parts else None
+    if not parts:
+        return None
+    target = parts[-1].schema
+    for i, part in enumerate(parts):
+        if part.schema.names == target.names and part.schema != target:
+            try:
+                parts[i] = part.cast(target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                day = part.column("dt")[0].as_py() if part.num_rows else "?"
+                raise InputError(
+                    f"{work_dir / table}/dt={day}: written with other column types ({exc}); "
+                    "sessionize that day again"
+                ) from exc
+    return pa.concat_tables(parts, promote_options="permissive")
 
 
 @dataclass(frozen=True)
