@@ -18,7 +18,10 @@ Reported per method: median and best wall time of ``--repeats`` runs, words/s (c
 epochs / median time), the ratio project / reference, and a quality figure from the ground truth:
 the same-cluster share among the 10 nearest neighbours (cosine) of every item occurring at least
 5 times. With ``workers=2`` runs are not bit-identical, so the quality figures differ slightly.
-Peak RSS of the whole process is read at the end.
+Peak RSS of the whole process is read at the end. Top-level keys: ``project_words_per_s``,
+``gensim_words_per_s``, ``words_ratio`` (project words/s over gensim's), and the fine-tune
+throughput ``finetune_pairs_per_s_cpu`` / ``finetune_pairs_per_s_gpu`` (null without CUDA; the
+same code runs there), measured on every consecutive item pair of the sessions.
 
 Usage::
 
@@ -50,7 +53,7 @@ import pyarrow.parquet as pq
 from bench.common import git_commit, git_dirty
 from embedding.config import SessionizeConfig, Word2VecParams
 from embedding.generate import GROUND_TRUTH_FILE, generate_clicklog
-from embedding.train_w2v import SessionCorpus, normalize_rows, train_word2vec
+from embedding.train_w2v import ItemVectors, SessionCorpus, normalize_rows, train_word2vec
 
 logger = logging.getLogger("bench.bench_train")
 
@@ -176,6 +179,31 @@ def run_project(sessions: Sessions, params: Word2VecParams) -> tuple[float, list
     return elapsed, result.ids, result.vectors
 
 
+def finetune_throughput(
+    ids: list[str], vectors: np.ndarray, sessions: Sessions, device: str
+) -> dict:
+    """Pairs/s of ``embedding.finetune.finetune`` on ``device`` (3 epochs, no early stop), with
+    every consecutive item pair of the sessions standing in for booking pairs: the throughput
+    of the training loop, validation recall included, not a quality figure."""
+    from embedding.config import FinetuneParams
+    from embedding.finetune import finetune
+
+    base = ItemVectors(list(ids), normalize_rows(vectors), np.ones(len(ids), np.int64))
+    context = [a for items in sessions.items for a in items[:-1]]
+    booked = [b for items in sessions.items for b in items[1:]]
+    params = FinetuneParams(epochs=3, patience=100, device=device)
+    started = time.perf_counter()
+    _, stats = finetune(base, context, booked, params, SEED)
+    seconds = time.perf_counter() - started
+    return {
+        "device": stats.device,
+        "pairs": stats.n_train,
+        "epochs": stats.epochs_run,
+        "seconds": seconds,
+        "pairs_per_s": stats.n_train * stats.epochs_run / seconds,
+    }
+
+
 def run_reference(
     sessions: Sessions, params: Word2VecParams
 ) -> tuple[float, list[str], np.ndarray]:
@@ -283,11 +311,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 K,
                 quality,
             )
+    import torch
+
+    seconds, ids, vectors = run_project(sessions, params)
+    finetune_runs = {"cpu": finetune_throughput(ids, vectors, sessions, "cpu")}
+    if torch.cuda.is_available():
+        finetune_runs["cuda"] = finetune_throughput(ids, vectors, sessions, "cuda")
+    for device, run in finetune_runs.items():
+        logger.info("fine-tune on %s: %.0f pairs/s (%d pairs x %d epochs in %.1f s)", device,
+                    run["pairs_per_s"], run["pairs"], run["epochs"], run["seconds"])  # fmt: skip
     peak_mib = peak_rss_mib()
     load_after = os.getloadavg()
     project, reference = results["project"], results["reference"]
 
     print_table(list(results.values()), reference, words)
+    for device, run in finetune_runs.items():
+        print(f"fine-tune ({device}): {run['pairs_per_s']:,.0f} pairs/s")
     print(
         f"corpus: {len(sessions.items):,} sessions, {corpus_tokens:,} tokens x {params.epochs} "
         f"epochs; {sum(c >= MIN_OCCURRENCES for c in counts.values()):,} query items "
@@ -296,8 +335,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{load_after[0]:.2f} on {os.cpu_count()} CPUs"
     )
 
+    gpu = finetune_runs.get("cuda")
     report = {
         "benchmark": "train",
+        "project_words_per_s": words / project.median_s,
+        "gensim_words_per_s": words / reference.median_s,
+        "words_ratio": reference.median_s / project.median_s,  # >= 0.9: streaming costs <= 10%
+        "finetune_pairs_per_s_cpu": finetune_runs["cpu"]["pairs_per_s"],
+        "finetune_pairs_per_s_gpu": gpu["pairs_per_s"] if gpu else None,
+        "finetune": finetune_runs,
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": git_commit(),
         "dirty": git_dirty(),
