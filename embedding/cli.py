@@ -13,8 +13,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedding.errors import EmbeddingError, InputError
+
+if TYPE_CHECKING:
+    from embedding.config import Config
 
 logger = logging.getLogger("embedding")
 
@@ -196,18 +200,25 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_neighbors(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from embedding.publish import VERSIONS, read_current, verify_version
-    from embedding.vectors_io import VECTORS_FILE, read_vectors
+def _chosen_version(args: argparse.Namespace) -> tuple[Config, str, Path]:
+    """The config, the version (``--version`` or CURRENT) and its folder under the publish root."""
+    from embedding.publish import VERSIONS, read_current
 
     cfg = _load(args)
     root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
     version = args.version or read_current(root)
     if version is None:
         raise InputError(f"{root}: no CURRENT version; publish one first or pass --version")
-    folder = root / VERSIONS / version
+    return cfg, version, root / VERSIONS / version
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from embedding.publish import verify_version
+    from embedding.vectors_io import VECTORS_FILE, read_vectors
+
+    _, version, folder = _chosen_version(args)
     verify_version(folder)
     vectors, markets = read_vectors(folder / VECTORS_FILE)
     index = vectors.index()
@@ -230,15 +241,11 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from embedding.pipeline import version_report
-    from embedding.publish import MANIFEST, REJECTED, VERSIONS, read_current, verify_version
+    from embedding.publish import MANIFEST, REJECTED, verify_version
     from embedding.vectors_io import VECTORS_FILE, read_vectors
 
-    cfg = _load(args)
-    root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
-    version = args.version or read_current(root)
-    if version is None:
-        raise InputError(f"{root}: no CURRENT version; publish one first or pass --version")
-    folder = root / VERSIONS / version
+    cfg, version, folder = _chosen_version(args)
+    root = folder.parent.parent
     if not (folder / MANIFEST).is_file():
         rejected = root / REJECTED / version / "report.html"
         where = f"; its report is {rejected}" if rejected.is_file() else ""
