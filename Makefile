@@ -15,7 +15,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 
-.PHONY: help install run serve test test-fast lint fmt bench bench-train bench-data clean spark-up spark-down
+.PHONY: help install run serve test test-fast lint fmt bench bench-train bench-data clean spark-up spark-down report-png
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,6 +67,18 @@ bench-train: install ## skip-gram wrapper vs raw gensim on the same corpus -> be
 
 bench-data: install ## Spark sessionize vs the same rules in DuckDB, 1M/3M/10M events -> bench/results/data.json
 	$(PY) -m bench.bench_data
+
+report-png: install ## the published version's report (VERSION=..., default CURRENT) as a PNG via headless Chromium -> bench/results/report.png
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "== chromium missing: $${SUDO:+sudo }apt-get install -y chromium"; \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+	$(PY) -m embedding report --out bench/results/report.html $(if $(VERSION),--version $(VERSION))
+	@echo "== chromium --headless --screenshot (D-Bus warnings filtered)"
+	@set -o pipefail; chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,8000 \
+		--screenshot=$(abspath bench/results/report.png) file://$(abspath bench/results/report.html) 2>&1 \
+		| { grep -vE 'dbus/|/usr/bin/chromium: [0-9]+: \[' || true; }
+	@echo "== wrote $(abspath bench/results/report.png) (from $(abspath bench/results/report.html))"
 
 clean: ## remove generated data, published versions and the Airflow home (keeps .venv)
 	rm -rf data publish .airflow bench/results spark-warehouse

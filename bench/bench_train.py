@@ -9,8 +9,10 @@ consecutive repeats collapsed, sessions with at least 2 distinct items kept. Unl
 Both methods train on the same corpus with the same ``Word2VecParams`` (defaults, ``workers=2``,
 ``epochs=10``) and seed:
 
-- ``project``: ``train_word2vec(SessionCorpus(...), params, seed)`` (the extra work is a Counter
-  pass, a stable hash, loss tracking, the epoch log and row normalisation);
+- ``project``: ``train_word2vec(ParquetSessionCorpus(files), params, seed)``: the sessions are
+  written to Parquet files as ``jobs.sessionize`` lays them out and streamed from them one record
+  batch at a time, as the pipeline trains (the extra work is the Parquet decoding, a stable hash,
+  loss tracking, the epoch log and row normalisation);
 - ``reference``: ``gensim.models.Word2Vec(sentences=<list of lists>, ...)`` with the same knobs
   and nothing else (the same-run reference of STYLE rule 15).
 
@@ -51,9 +53,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench.common import git_commit, git_dirty
-from embedding.config import SessionizeConfig, Word2VecParams
+from embedding import PROJECT_ROOT
+from embedding.config import SessionizeConfig, Word2VecParams, load_config
+from embedding.corpus import ParquetSessionCorpus
 from embedding.generate import GROUND_TRUTH_FILE, generate_clicklog
-from embedding.train_w2v import ItemVectors, SessionCorpus, normalize_rows, train_word2vec
+from embedding.train_w2v import ItemVectors, normalize_rows, train_word2vec
 
 logger = logging.getLogger("bench.bench_train")
 
@@ -64,6 +68,7 @@ K = 10  # neighbours for the same-cluster figure
 MIN_OCCURRENCES = 5  # items queried for the same-cluster figure
 QUERY_CHUNK = 2048  # query rows per similarity block (bounds the (chunk, vocab) matrix)
 DEFAULT_OUT = Path("bench/results/train.json")
+DEFAULT_CONF = PROJECT_ROOT / "conf" / "default.yaml"
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class Sessions:
     items: list[list[str]]
     booked: list[bool]
     n_events: int
+    files: list[Path] = field(default_factory=list)  # the same sessions as Parquet (streamed)
 
     @property
     def n_tokens(self) -> int:
@@ -171,8 +177,51 @@ def same_cluster_at_k(
     return hits / (queries.size * k)
 
 
+def write_session_files(sessions: Sessions, folder: Path, per_file: int = 50_000) -> list[Path]:
+    """The sessions as Parquet files in the layout ``jobs.sessionize`` writes (item_ids,
+    booked_items), so the project streams them as the pipeline does."""
+    import pyarrow as pa
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for part, lo in enumerate(range(0, len(sessions.items), per_file)):
+        hi = min(lo + per_file, len(sessions.items))
+        table = pa.table(
+            {
+                "session_id": pa.array([f"s{i:09d}" for i in range(lo, hi)], pa.string()),
+                "item_ids": pa.array(sessions.items[lo:hi], pa.list_(pa.string())),
+                "booked_items": pa.array(
+                    [["x"] if b else [] for b in sessions.booked[lo:hi]], pa.list_(pa.string())
+                ),
+            }
+        )
+        files.append(folder / f"part-{part:05d}.parquet")
+        pq.write_table(table, files[-1])
+    return files
+
+
+def corpus_memory(sessions: Sessions) -> dict:
+    """Python-heap peak (tracemalloc) of one pass over the streamed corpus against holding the
+    same sessions as one list read from the same files."""
+    import tracemalloc
+
+    tracemalloc.start()
+    n = sum(1 for _ in ParquetSessionCorpus(sessions.files))
+    _, streamed = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    whole = [
+        s
+        for f in sessions.files
+        for s in pq.read_table(f, columns=["item_ids"])["item_ids"].to_pylist()
+    ]
+    _, listed = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert n == len(whole)
+    return {"streamed_peak_mib": streamed / 2**20, "in_memory_list_mib": listed / 2**20}
+
+
 def run_project(sessions: Sessions, params: Word2VecParams) -> tuple[float, list[str], np.ndarray]:
-    corpus = SessionCorpus(sessions.items, sessions.booked, params.booked_oversample)
+    corpus = ParquetSessionCorpus(sessions.files, oversample=params.booked_oversample)
     started = time.perf_counter()
     result = train_word2vec(corpus, params, SEED)
     elapsed = time.perf_counter() - started
@@ -209,9 +258,14 @@ def run_reference(
 ) -> tuple[float, list[str], np.ndarray]:
     from gensim.models import Word2Vec
 
+    sentences = [  # oversampled in memory, as the project does in its stream
+        items
+        for items, booked in zip(sessions.items, sessions.booked, strict=True)
+        for _ in range(params.booked_oversample if booked else 1)
+    ]
     started = time.perf_counter()
     model = Word2Vec(
-        sentences=sessions.items,
+        sentences=sentences,
         vector_size=params.vector_size,
         window=params.window,
         negative=params.negative,
@@ -269,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("gensim").setLevel(logging.WARNING)
-    params = Word2VecParams(workers=2, epochs=10)
+    # the default config's knobs (conf/default.yaml), 10 epochs to keep the repeats short
+    params = load_config(DEFAULT_CONF).word2vec.model_copy(update={"workers": 2, "epochs": 10})
     rules = SessionizeConfig()
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
@@ -278,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         generate_clicklog(log_dir, events=args.events, days=DAYS, profile=PROFILE, seed=SEED)
         sessions = build_sessions(log_dir, rules)
         truth = pq.read_table(log_dir / GROUND_TRUTH_FILE, columns=["item_id", "cluster"])
+    corpus_dir = tempfile.TemporaryDirectory(prefix="bench-train-sessions-")
+    sessions.files.extend(write_session_files(sessions, Path(corpus_dir.name)))
+    memory = corpus_memory(sessions)
     cluster_of = dict(zip(truth["item_id"].to_pylist(), truth["cluster"].to_pylist(), strict=True))
     counts = Counter(item for items in sessions.items for item in items)
     corpus_tokens = sum(
@@ -333,6 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(>= {MIN_OCCURRENCES} occurrences); peak RSS {peak_mib:,.0f} MiB "
         f"({rss_before_mib:,.0f} MiB before training); load avg {load_before[0]:.2f} -> "
         f"{load_after[0]:.2f} on {os.cpu_count()} CPUs"
+    )
+    print(
+        f"corpus memory (Python heap): streamed {memory['streamed_peak_mib']:.1f} MiB peak, "
+        f"as one list {memory['in_memory_list_mib']:.1f} MiB"
     )
 
     gpu = finetune_runs.get("cuda")
@@ -402,7 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "peak_rss_mib": peak_mib,
         "peak_rss_mib_before_training": rss_before_mib,
+        "corpus_memory": memory,
     }
+    corpus_dir.cleanup()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     logger.info("wrote %s", args.out)

@@ -1,4 +1,5 @@
-"""Command line: ``python -m embedding {generate,run,neighbors}`` (CONTRACTS §3).
+"""Command line: ``python -m embedding {generate,run,versions,neighbors,report,sweep}``
+(CONTRACTS §3).
 
 Exit codes: 0 published (or already published); 2 bad input or configuration (one clear line on
 stderr); 3 quality gate failed; 1 anything else. CURRENT is unchanged on any non-zero exit.
@@ -76,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--publish-root", type=Path, default=None)
     _add_config_args(rep)
 
+    sw = sub.add_parser("sweep", help="rank skip-gram knob settings on the validation split")
+    sw.add_argument("--grid", type=Path, required=True, help="sweep grid YAML (conf/sweep.yaml)")
+    sw.add_argument("--input", type=Path, default=None, help="default: paths.input")
+    sw.add_argument("--items", type=Path, default=None, help="item table (CONTRACTS §1b)")
+    sw.add_argument("--publish-root", type=Path, default=None)
+    sw.add_argument("--work-dir", type=Path, default=None, help="default <publish-root>/.work")
+    sw.add_argument("--out", type=Path, default=None, help="default <work-dir>/sweeps/<time>")
+    sw.add_argument("--score-test", action="store_true",
+                    help="also record test-split figures (never used to rank)")  # fmt: skip
+    _add_config_args(sw)
+
     nb = sub.add_parser("neighbors", help="print the nearest items of one item (exact cosine)")
     nb.add_argument("item_id")
     nb.add_argument("--publish-root", type=Path, default=None)
@@ -105,13 +117,26 @@ def format_metrics(metrics: dict) -> list[str]:
         f"coverage {metrics.get('coverage', 0):.1%}"
     ]
     lines.append(f"  {'method':<14}{'HR@10':>8}{'MRR@20':>8}{'NDCG@10':>9}   covered HR@10")
-    for name in (*metrics.get("baselines", ["popularity"]), "word2vec", "finetuned"):
+    variants = sorted(k for k in metrics if k.startswith("finetuned_"))
+    for name in (*metrics.get("baselines", ["popularity"]), "word2vec", "finetuned", *variants):
         if name in metrics:
             m = metrics[name]
             lines.append(
                 f"  {name:<14}{m['hr@10']:>8.4f}{m['mrr@20']:>8.4f}{m.get('ndcg@10', 0.0):>9.4f}"
                 f"   {m['covered']['hr@10']:.4f}"
             )
+    booked = metrics.get("booked_item", {})
+    if booked:
+        lines.append("booked-item HR@10 (Airbnb protocol, all clicks of booked test sessions):")
+        lines.extend(f"  {k:<22}{v['overall']['hr@10']:.4f}" for k, v in booked.items())
+    selection = metrics.get("selection")
+    if selection:
+        scores = ", ".join(
+            f"{k} {v[selection['metric']]:.4f}" for k, v in selection["scores"].items()
+        )
+        lines.append(
+            f"published: {selection['chosen']} (validation {selection['metric']}: {scores})"
+        )
     rerank = metrics.get("impression_rerank")
     if rerank:
         lines.append(f"impression re-rank on {rerank['n_cases']} clickouts (MRR):")
@@ -239,6 +264,26 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from embedding.pipeline import plan_run, resolve_paths, sessionize_stage
+    from embedding.sweep import format_table, load_grid, run_sweep
+
+    cfg = _load(args)
+    grid = load_grid(args.grid)
+    paths = resolve_paths(cfg, args.input, args.publish_root, args.work_dir, args.items)
+    ingest = sessionize_stage(cfg, paths, None)
+    start = datetime.date.fromisoformat(ingest["days"][0])
+    end = datetime.date.fromisoformat(ingest["days"][-1]) + datetime.timedelta(days=1)
+    plan = plan_run(cfg, paths, max(start, end - datetime.timedelta(days=cfg.window.days)), end)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    out = args.out or Path(paths.work_dir) / "sweeps" / stamp
+    ranked = run_sweep(cfg, plan, grid, out, score_test=args.score_test)
+    popularity = json.loads((out / "sweep.json").read_text())["popularity_val"]
+    print("\n".join(format_table(ranked, grid.metric, popularity)))
+    print(f"wrote {out}/sweep.json, sweep.csv and best.yaml (best: {ranked[0]['trial']})")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from embedding.pipeline import version_report
     from embedding.publish import MANIFEST, REJECTED, verify_version
@@ -264,6 +309,7 @@ COMMANDS = {
     "versions": cmd_versions,
     "neighbors": cmd_neighbors,
     "report": cmd_report,
+    "sweep": cmd_sweep,
 }
 
 

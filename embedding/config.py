@@ -120,15 +120,29 @@ class Word2VecParams(_Frozen):
 
 
 class FinetuneParams(_Frozen):
-    """Contrastive (InfoNCE) fine-tuning on booking pairs, anchored to the skip-gram vectors."""
+    """Contrastive fine-tuning on booking pairs, kept close to the skip-gram vectors
+    (``embedding.finetune`` explains each knob)."""
 
     enabled: bool = True
+    loss: Literal["infonce", "triplet"] = "infonce"  # triplet: the classic margin alternative
+    compare_loss: bool = True  # also train the other loss, reported side by side, not published
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(0.001, gt=0)
-    temperature: float = Field(0.2, gt=0)  # logits scale = 1 / temperature
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine decay after warmup
+    warmup_epochs: float = Field(0.5, ge=0)  # linear warmup, in epochs
+    weight_decay: float = Field(0.0, ge=0)  # on the rows a batch touches only
+    grad_clip: float | None = Field(1.0, gt=0)  # max gradient norm; None: off
+    temperature: float = Field(0.2, gt=0)  # logits scale = 1 / temperature (initial if learned)
+    learn_temperature: bool = False
+    symmetric: bool = False  # also booked -> context
+    hard_negative_ratio: float = Field(0.25, ge=0)  # same-market negatives per in-batch negative
+    logq_correction: bool = True  # subtract log(booked-item frequency) from in-batch logits
+    queue_size: int = Field(0, ge=0)  # MoCo queue of earlier positives (momentum table); 0: off
+    momentum: float = Field(0.99, ge=0, lt=1)  # of the moving-average table feeding the queue
+    triplet_margin: float = Field(0.2, gt=0)
     anchor_weight: float = Field(1.0, ge=0)  # L2 pull of moved vectors back to the base vectors
-    val_fraction: float = Field(0.1, ge=0, lt=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # of train pairs, when no validation pairs
     patience: int = Field(3, ge=1)  # epochs without a better val recall before stopping
     recall_k: int = Field(10, ge=1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -137,6 +151,9 @@ class FinetuneParams(_Frozen):
 class EvaluateConfig(_Frozen):
     holdout: Literal["last_day", "last_fraction"] = "last_day"
     holdout_fraction: float = Field(0.2, gt=0, lt=1)  # of sessions, by start time (last_fraction)
+    # validation: the latest share of the non-test sessions; it picks base or fine-tuned, stops
+    # the fine-tune early and ranks the sweep, so the test split is only ever reported
+    val_fraction: float = Field(0.1, ge=0, lt=1)
     max_cases: int = Field(20000, ge=1)  # sampled with the seed when there are more
     batch_size: int = Field(2048, ge=1)
     # count-based baselines scored on the same cases (embedding.baselines)

@@ -166,6 +166,39 @@ def evaluate_candidates(
     return result
 
 
+def select_on_validation(
+    candidates: dict[str, ItemVectors],
+    val_sessions: pa.Table,
+    cfg: EvaluateConfig,
+    metric: str,
+    seed: int,
+) -> dict:
+    """Pick the vectors to publish by ``metric`` on the validation sessions' next-item cases
+    (uncovered cases count as misses); ties go to the earlier candidate (the base). Without
+    validation cases the last candidate is kept as configured."""
+    cases = sample_cases(next_item_cases(val_sessions.column("item_ids").to_pylist()),
+                         cfg.max_cases, seed)  # fmt: skip
+    names = list(candidates)
+    scores = {
+        name: ranking_metrics(embedding_ranks(vectors, cases, cfg.batch_size))
+        for name, vectors in candidates.items()
+    }
+    if not cases:
+        chosen, why = names[-1], "no validation cases: kept the configured candidate"
+    else:
+        chosen = max(names, key=lambda n: (scores[n][metric], -names.index(n)))
+        why = f"highest validation {metric}"
+    logger.info(
+        "selection on %d validation cases by %s: %s -> %s",
+        len(cases),
+        metric,
+        ", ".join(f"{n} {scores[n][metric]:.4f}" for n in names),
+        chosen,
+    )
+    return {"metric": metric, "n_cases": len(cases), "scores": scores, "chosen": chosen,
+            "reason": why}  # fmt: skip
+
+
 def score_previous(
     previous: ItemVectors,
     version: str,

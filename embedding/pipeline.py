@@ -26,7 +26,15 @@ from embedding.errors import InputError, QualityGateError
 from embedding.publish import FaultHook
 from embedding.train_w2v import ItemVectors
 from embedding.vectors_io import VECTORS_FILE, read_vectors, write_vectors
-from embedding.window import WindowData, load_table, missing_days, read_marker, split_holdout
+from embedding.window import (
+    WindowData,
+    load_table,
+    missing_days,
+    read_marker,
+    split_holdout,
+    split_sessions,
+    table_files,
+)
 from embedding.window import window_days as list_window_days
 
 logger = logging.getLogger(__name__)
@@ -245,26 +253,59 @@ def _artefact(plan: RunPlan, name: str) -> Path:
     return Path(plan.run_dir) / name
 
 
+def training_corpus(cfg: Config, plan: RunPlan):
+    """The training sessions of the window as a ``ParquetSessionCorpus``: the split is computed
+    from the session keys alone, and validation and test sessions are skipped in the stream."""
+    from embedding.corpus import ParquetSessionCorpus
+
+    days = [date.fromisoformat(d) for d in plan.days]
+    work = Path(plan.work_dir)
+    keys = load_table(work, "sessions", days, columns=["session_id", "start_ts"])
+    if keys is None:
+        raise InputError(f"no session files for {plan.days[0]}..{plan.days[-1]} under {work}")
+    split = split_sessions(keys, cfg.evaluate)
+    held_out = keys.column("session_id").filter(pa.array(~split.is_train)).to_pylist()
+    return ParquetSessionCorpus(
+        table_files(work, "sessions", days), set(held_out), cfg.word2vec.booked_oversample
+    )
+
+
 def train_stage(cfg: Config, plan: RunPlan) -> str:
-    """Skip-gram on the training sessions -> ``word2vec.parquet`` in the run folder."""
-    from embedding.train_w2v import SessionCorpus, train_word2vec
+    """Skip-gram on the training sessions, streamed from their Parquet files (validation and
+    test sessions skipped) -> ``word2vec.parquet`` in the run folder."""
+    from embedding.train_w2v import peak_rss_mb, train_word2vec
 
     out = _artefact(plan, "word2vec.parquet")
     if plan.already_published:
         return str(out)
-    data = load_window(cfg, plan)
-    items = data.train_sessions.column("item_ids").to_pylist()
-    booked = [bool(b) for b in data.train_sessions.column("booked_items").to_pylist()]
-    corpus = SessionCorpus(items, booked, cfg.word2vec.booked_oversample)
+    corpus = training_corpus(cfg, plan)
     history: list[dict] = []
     vectors = train_word2vec(corpus, cfg.word2vec, cfg.seed, history)
     write_vectors(out, vectors)
-    _artefact(plan, "word2vec_stats.json").write_text(json.dumps({"history": history}, indent=1))
+    stats = {
+        "history": history,
+        "corpus": "streamed from the sessions Parquet files, one record batch at a time",
+        "n_sessions": corpus.n_sessions,
+        "n_booked_sessions": corpus.n_booked,
+        "booked_oversample": cfg.word2vec.booked_oversample,
+        "n_items": len(vectors.ids),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    _artefact(plan, "word2vec_stats.json").write_text(json.dumps(stats, indent=1))
     return str(out)
 
 
+def comparison_loss(cfg: Config) -> str | None:
+    """The loss trained alongside the configured one for the report, or None."""
+    if not (cfg.finetune.enabled and cfg.finetune.compare_loss):
+        return None
+    return "triplet" if cfg.finetune.loss == "infonce" else "infonce"
+
+
 def finetune_stage(cfg: Config, plan: RunPlan) -> str:
-    """InfoNCE fine-tune on training booking pairs -> ``finetuned.parquet`` (or the base)."""
+    """Contrastive fine-tune on the training booking pairs, early-stopped on the validation
+    sessions' pairs -> ``finetuned.parquet``; with ``compare_loss`` the other loss too
+    (``finetuned_<loss>.parquet``, reported next to it, never published)."""
     out = _artefact(plan, "finetuned.parquet")
     if plan.already_published:
         return str(out)
@@ -274,30 +315,53 @@ def finetune_stage(cfg: Config, plan: RunPlan) -> str:
         from embedding.finetune import finetune
 
         data = load_window(cfg, plan)
-        pairs = data.train_pairs
-        tuned, ft_stats = finetune(
-            base,
-            pairs.column("context_item").to_pylist(),
-            pairs.column("booked_item").to_pylist(),
-            cfg.finetune,
-            cfg.seed,
-        )
-        stats.update(asdict(ft_stats))
-        write_vectors(out, tuned)
+        markets = item_markets(plan)
+        train, val = data.train_pairs, data.val_pairs
+        runs = {"finetuned": cfg.finetune.loss}
+        if other := comparison_loss(cfg):
+            runs[f"finetuned_{other}"] = other
+        for name, loss in runs.items():
+            tuned, ft_stats = finetune(
+                base,
+                train.column("context_item").to_pylist(),
+                train.column("booked_item").to_pylist(),
+                cfg.finetune,
+                cfg.seed,
+                markets=markets,
+                val_context=val.column("context_item").to_pylist(),
+                val_booked=val.column("booked_item").to_pylist(),
+                loss=loss,
+            )
+            write_vectors(_artefact(plan, f"{name}.parquet"), tuned)
+            if name == "finetuned":
+                stats.update(asdict(ft_stats))
+            else:
+                stats.setdefault("comparison", {})[name] = asdict(ft_stats)
     _artefact(plan, "finetune_stats.json").write_text(json.dumps(stats, indent=1))
     return str(out)
+
+
+SELECTABLE = ("word2vec", "finetuned")  # the comparison loss is reported, never published
 
 
 def _candidates(cfg: Config, plan: RunPlan) -> dict[str, ItemVectors]:
     candidates = {"word2vec": read_vectors(_artefact(plan, "word2vec.parquet"))[0]}
     if cfg.finetune.enabled:
         candidates["finetuned"] = read_vectors(_artefact(plan, "finetuned.parquet"))[0]
+        if other := comparison_loss(cfg):
+            name = f"finetuned_{other}"
+            candidates[name] = read_vectors(_artefact(plan, f"{name}.parquet"))[0]
     return candidates
 
 
 def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
     """Metrics of every candidate and the popularity baseline, and the gate verdict."""
-    from embedding.evaluate import check_gate, evaluate_candidates, score_previous
+    from embedding.evaluate import (
+        check_gate,
+        evaluate_candidates,
+        score_previous,
+        select_on_validation,
+    )
 
     out = _artefact(plan, "metrics.json")
     if plan.already_published:
@@ -315,7 +379,14 @@ def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
         cfg.evaluate.ppmi_svd_dim or cfg.word2vec.vector_size,
     )
     metrics["holdout"] = data.holdout
-    metrics["published"] = list(candidates)[-1]
+    selectable = {n: v for n, v in candidates.items() if n in SELECTABLE}
+    metrics["selection"] = {
+        "split": data.validation,
+        "n_sessions": data.val_sessions.num_rows,
+        **select_on_validation(selectable, data.val_sessions, cfg.evaluate, cfg.gate.metric,
+                               cfg.seed),
+    }  # fmt: skip
+    metrics["published"] = metrics["selection"]["chosen"]
     metrics["cold_start"] = cold_start_stage(
         cfg, plan, candidates[metrics["published"]], load_item_meta(plan)
     )
@@ -366,6 +437,7 @@ def version_report(
         markets=markets,
         word2vec_history=manifest.get("word2vec", {}).get("history", []),
         finetune_history=manifest.get("finetune", {}).get("history", []),
+        finetune_stats=manifest.get("finetune", {}),
         params=manifest.get("params"),
         data_interval=manifest.get("data_interval"),
     )

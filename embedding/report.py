@@ -1,10 +1,14 @@
 """A self-contained HTML report on one version of item vectors, for analysts.
 
 Input: a ``ReportData`` (the version id, the metrics dict of ``embedding.evaluate``, the gate
-verdict, the ``ItemVectors``, each item's market, the per-epoch training histories, the resolved
-config and the data interval). Output: one HTML string with sections ``summary``, ``metrics``,
-``previous``, ``by_position``, ``impressions``, ``training``, ``projection``, ``neighbours``,
-``stability`` and ``params``, in that order; the caller writes it to a file. Plots are PNGs drawn
+verdict, the ``ItemVectors``, each item's market, the per-epoch training histories, the fine-tune
+stats with the loss-comparison run, the resolved config and the data interval). Output: one HTML
+string with sections ``summary``, ``selection``, ``metrics``, ``previous``, ``by_position``,
+``impressions``, ``training``, ``loss_comparison``, ``projection``, ``neighbours``, ``stability``
+and ``params``, in that order; the caller writes it to a file. The candidates are ``word2vec``,
+``finetuned`` and any ``finetuned_<loss>`` metrics entry (the loss-comparison variant, reported but
+never published); ``selection`` shows the validation-split choice, every other figure is on the
+test split. Plots are PNGs drawn
 with matplotlib (Agg) and inlined as base64 ``data:`` URIs: no external files, no JavaScript, no
 network. Each plot is a ``<figure class="plot" data-plot=NAME data-points=N>``, N being the number
 of data points drawn; a plot without data is not drawn, a ``<p class="empty">`` says why instead.
@@ -20,7 +24,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib
 import numpy as np
@@ -31,7 +35,10 @@ import matplotlib.pyplot as plt
 
 from embedding.train_w2v import ItemVectors
 
-CANDIDATES = ("word2vec", "finetuned")
+CANDIDATES = ("word2vec", "finetuned")  # the publishable candidates, in order
+COMPARISON_PREFIX = "finetuned_"  # finetuned_<loss>: the loss-comparison variant, never published
+DEFAULT_LOSS = "infonce"
+LOSS_NAMES = {"infonce": "InfoNCE", "triplet": "triplet"}
 DEFAULT_BASELINES = ("popularity", "cooccurrence", "ppmi_svd")
 RANKING_KEYS = ("hr@10", "hr@20", "mrr@20", "ndcg@10")
 N_MARKET_COLOURS = 10  # the most frequent markets get a colour each, the rest are grey
@@ -67,6 +74,12 @@ class ReportData:
     markets: Mapping[str, str | None]  # item_id -> market (None or absent: unknown)
     word2vec_history: Sequence[dict] = ()  # per epoch: epoch, loss, words_per_s
     finetune_history: Sequence[dict] = ()  # per epoch: epoch, loss, val_recall
+    # the manifest's ``finetune`` dict: the configured run's stats (loss, best_epoch,
+    # val_recall_base, val_recall_best, history, ...) and maybe "comparison"
+    finetune_stats: Mapping = field(default_factory=dict)
+    # candidate name (finetuned_<loss>) -> that run's stats, same shape; when empty, taken from
+    # ``finetune_stats["comparison"]``
+    finetune_comparison: Mapping[str, Mapping] = field(default_factory=dict)
     params: dict | None = None  # the resolved config, shown collapsed
     data_interval: dict | None = None  # {"start": "YYYY-MM-DD", "end": "YYYY-MM-DD"}
 
@@ -123,16 +136,20 @@ def _new_figure(figsize: tuple[float, float] = FIGSIZE_IN) -> tuple[plt.Figure, 
     return fig, ax
 
 
-def _figure(name: str, fig: plt.Figure, n_points: int, caption: str) -> str:
-    """Render ``fig`` to an inline PNG inside a ``<figure>``, and close it."""
+def _figure(
+    name: str, fig: plt.Figure, n_points: int, caption: str, series: Sequence[str] = ()
+) -> str:
+    """Render ``fig`` to an inline PNG inside a ``<figure>``, and close it; ``series`` (the
+    labels of the lines drawn) goes to a ``data-series`` attribute, comma-separated."""
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
     payload = base64.b64encode(buffer.getvalue()).decode("ascii")
+    series_attr = f' data-series="{_esc(",".join(series))}"' if series else ""
     return (
-        f'<figure class="plot" data-plot="{_esc(name)}" data-points="{n_points}">\n'
+        f'<figure class="plot" data-plot="{_esc(name)}" data-points="{n_points}"{series_attr}>\n'
         f'<img alt="{_esc(name)}" src="data:image/png;base64,{payload}">\n'
         f"<figcaption>{_esc(caption)}</figcaption>\n</figure>"
     )
@@ -176,17 +193,28 @@ def _line_chart(
     ax.set_ylabel(ylabel)
     if len(lines) > 1:
         ax.legend(fontsize=8)
-    return _figure(name, fig, n_points, caption)
+    return _figure(name, fig, n_points, caption, series=list(lines))
 
 
 # ---------------------------------------------------------------- metric lookups
 
 
+def candidates(metrics: Mapping) -> list[str]:
+    """Candidates with a metrics entry: word2vec, finetuned, then the ``finetuned_*`` variants
+    (sorted)."""
+    variants = sorted(k for k in metrics if isinstance(k, str) and k.startswith(COMPARISON_PREFIX))
+    return [n for n in (*CANDIDATES, *variants) if isinstance(metrics.get(n), Mapping)]
+
+
 def _methods(metrics: Mapping) -> list[str]:
-    """Methods with a metrics entry: the baselines, then word2vec and finetuned."""
+    """Methods with a metrics entry: the baselines, then the candidates."""
     baselines = metrics.get("baselines") or DEFAULT_BASELINES
-    names = [*baselines, *CANDIDATES]
+    names = [*baselines, *candidates(metrics)]
     return [n for n in dict.fromkeys(names) if isinstance(metrics.get(n), Mapping)]
+
+
+def _loss_label(loss: object) -> str:
+    return LOSS_NAMES.get(str(loss), str(loss))
 
 
 def _published(metrics: Mapping) -> str | None:
@@ -195,6 +223,11 @@ def _published(metrics: Mapping) -> str | None:
         return str(published)
     present = [n for n in CANDIDATES if isinstance(metrics.get(n), Mapping)]
     return present[-1] if present else None
+
+
+def _selection(metrics: Mapping) -> Mapping | None:
+    selection = metrics.get("selection")
+    return selection if isinstance(selection, Mapping) else None
 
 
 def _previous(metrics: Mapping) -> Mapping | None:
@@ -227,7 +260,11 @@ def summary_section(data: ReportData) -> str:
             f"{_fmt(n_cases)} (of {_fmt(n_total)})" if n_total is not None else _fmt(n_cases),
         ),
         ("coverage", "–" if coverage is None else f"{coverage:.4f} ({coverage:.1%})"),
-        ("published vectors", str(_published(metrics) or NOT_AVAILABLE)),
+        (
+            "published vectors",
+            str(_published(metrics) or NOT_AVAILABLE)
+            + (" (chosen on the validation split)" if _selection(metrics) else ""),
+        ),
         ("previous version", str(gate.get("previous_version") or "none")),
     ]
     gate_box = (
@@ -237,6 +274,55 @@ def summary_section(data: ReportData) -> str:
         f'<br><span class="reason">{_esc(gate.get("reason", ""))}</span></div>'
     )
     return _section("summary", f"Version {data.version}", gate_box + "\n" + _table((), rows))
+
+
+def selection_section(metrics: Mapping) -> str:
+    title = "Which vectors were published, chosen on the validation split"
+    selection = _selection(metrics)
+    test_note = (
+        "<p>Every other figure in this report is on the test split "
+        f"({_esc(metrics.get('holdout', NOT_AVAILABLE))}), which played no part in this "
+        "choice.</p>"
+    )
+    if selection is None:
+        return _section(
+            "selection",
+            title,
+            _empty("selection on the validation split: not recorded (older manifest)")
+            + f"<p>Published vectors: {_esc(_published(metrics) or NOT_AVAILABLE)}.</p>"
+            + test_note,
+        )
+    scores = selection.get("scores")
+    scores = scores if isinstance(scores, Mapping) else {}
+    chosen = selection.get("chosen")
+    metric = str(selection.get("metric", "?"))
+    names = [n for n in scores if isinstance(scores[n], Mapping)]
+    rows = [
+        [
+            name + (" (chosen)" if name == chosen else ""),
+            *(scores[name].get(k) for k in RANKING_KEYS),
+            scores[name].get("n"),
+        ]
+        for name in names
+    ]
+    headers = [
+        "candidate",
+        *(k.upper() + (" (selection metric)" if k == metric else "") for k in RANKING_KEYS),
+        "n",
+    ]
+    intro = (
+        f"<p>Published: <strong>{_esc(chosen or NOT_AVAILABLE)}</strong> "
+        f"({_esc(selection.get('reason', ''))}); candidates compared by {_esc(metric)} on "
+        f"{_esc(_fmt(selection.get('n_cases')))} next-item cases from "
+        f"{_esc(_fmt(selection.get('n_sessions')))} validation sessions.</p>\n"
+        f"<p>Validation split: {_esc(selection.get('split', NOT_AVAILABLE))}.</p>"
+    )
+    table = (
+        _table(headers, rows, names.index(chosen) if chosen in names else None)
+        if rows
+        else _empty(f"validation scores: {NOT_AVAILABLE}")
+    )
+    return _section("selection", title, intro + "\n" + table + "\n" + test_note)
 
 
 def metrics_section(metrics: Mapping) -> str:
@@ -250,7 +336,9 @@ def metrics_section(metrics: Mapping) -> str:
         entries.append((f"previous ({previous.get('version', '?')})", previous))
     rows = [
         [
-            name + (" (published)" if name == published else ""),
+            name
+            + (" (published)" if name == published else "")
+            + (" (loss comparison)" if name.startswith(COMPARISON_PREFIX) else ""),
             *(m.get(key) for key in RANKING_KEYS),
             (m.get("covered") or {}).get("hr@10"),
             m.get("n"),
@@ -270,7 +358,8 @@ def metrics_section(metrics: Mapping) -> str:
     )
     note = (
         f"<p>All methods on the same {_esc(_fmt(metrics.get('n_cases')))} held-out next-item "
-        "cases; 'covered' is the slice whose query and target items have vectors.</p>"
+        "cases of the test split; 'covered' is the slice whose query and target items have "
+        "vectors.</p>"
     )
     return _section("metrics", "Next-item metrics", note + _table(headers, rows, highlight) + chart)
 
@@ -365,7 +454,9 @@ def _history_xy(history: Sequence[Mapping], key: str) -> tuple[list[float], list
 
 
 def training_section(
-    word2vec_history: Sequence[Mapping], finetune_history: Sequence[Mapping]
+    word2vec_history: Sequence[Mapping],
+    finetune_history: Sequence[Mapping],
+    loss: str = DEFAULT_LOSS,
 ) -> str:
     parts = []
     if word2vec_history:
@@ -387,8 +478,8 @@ def training_section(
                 "finetune_loss",
                 {"finetune": _history_xy(finetune_history, "loss")},
                 "epoch",
-                "InfoNCE loss",
-                "Fine-tune InfoNCE loss per epoch (training pairs).",
+                f"{_loss_label(loss)} loss",
+                f"Fine-tune {_loss_label(loss)} loss per epoch (training pairs).",
             )
         )
         parts.append(
@@ -403,6 +494,104 @@ def training_section(
     else:
         parts.append(_empty("fine-tune: no training history"))
     return _section("training", "Training", "\n".join(parts))
+
+
+def _finetune_runs(data: ReportData) -> dict[str, Mapping]:
+    """Candidate name -> its fine-tune stats: the configured run (``finetuned``) first, then the
+    comparison runs (from the stats, or only from the metrics when their stats are missing)."""
+    stats = data.finetune_stats if isinstance(data.finetune_stats, Mapping) else {}
+    configured = {k: v for k, v in stats.items() if k != "comparison"}
+    if not configured.get("history") and data.finetune_history:
+        configured["history"] = list(data.finetune_history)
+    comparison = data.finetune_comparison or stats.get("comparison") or {}
+    runs: dict[str, Mapping] = {"finetuned": configured}
+    runs.update((str(n), s) for n, s in comparison.items() if isinstance(s, Mapping))
+    for name in candidates(data.metrics):
+        if name.startswith(COMPARISON_PREFIX):
+            runs.setdefault(name, {})
+    return runs
+
+
+def _run_loss(name: str, stats: Mapping) -> str:
+    if stats.get("loss"):
+        return str(stats["loss"])
+    return name[len(COMPARISON_PREFIX) :] if name.startswith(COMPARISON_PREFIX) else DEFAULT_LOSS
+
+
+def _best(stats: Mapping) -> tuple[object, object]:
+    """(best epoch, best validation recall): from the stats, else from the history."""
+    if "best_epoch" in stats or "val_recall_best" in stats:
+        return stats.get("best_epoch"), stats.get("val_recall_best")
+    xs, ys = _history_xy(stats.get("history") or [], "val_recall")
+    if not ys:
+        return None, None
+    best = int(np.argmax(ys))
+    return int(xs[best]), ys[best]
+
+
+def loss_comparison_section(data: ReportData) -> str:
+    title = "Loss comparison: InfoNCE vs triplet"
+    runs = _finetune_runs(data)
+    configured_loss = _loss_label(_run_loss("finetuned", runs["finetuned"]))
+    if len(runs) < 2:
+        return _section(
+            "loss_comparison",
+            title,
+            _empty(f"no loss comparison: only the configured loss ({configured_loss}) was trained"),
+        )
+    # InfoNCE first, then by name
+    order = sorted(runs, key=lambda n: (_run_loss(n, runs[n]) != DEFAULT_LOSS, n))
+    published = _published(data.metrics)
+    rows = []
+    for name in order:
+        stats, test = runs[name], data.metrics.get(name)
+        test = test if isinstance(test, Mapping) else {}
+        best_epoch, best_recall = _best(stats)
+        role = "configured" if name == "finetuned" else "comparison"
+        rows.append(
+            [
+                f"{name} ({role}{', published' if name == published else ''})",
+                _loss_label(_run_loss(name, stats)),
+                *(test.get(k) for k in RANKING_KEYS),
+                stats.get("val_recall_base"),
+                best_recall,
+                best_epoch,
+                stats.get("epochs_run", len(stats.get("history") or []) or None),
+            ]
+        )
+    headers = (
+        "run",
+        "loss",
+        *(f"test {k.upper()}" for k in RANKING_KEYS),
+        "val recall base",
+        "val recall best",
+        "best epoch",
+        "epochs",
+    )
+    lines = {}
+    for name in order:
+        stats = runs[name]
+        xs, ys = _history_xy(stats.get("history") or [], "val_recall")
+        base = _number(stats.get("val_recall_base"))
+        if xs and base is not None:
+            xs, ys = [0.0, *xs], [base, *ys]
+        lines[f"{_loss_label(_run_loss(name, stats))} ({name})"] = (xs, ys)
+    chart = _line_chart(
+        "loss_comparison",
+        lines,
+        "epoch (0: the word2vec base vectors)",
+        "validation recall",
+        "Validation recall per epoch of each fine-tune run, same params and seed; only the loss "
+        "differs. The comparison run is reported, never published.",
+    )
+    sources = sorted({str(runs[n]["val_source"]) for n in order if runs[n].get("val_source")})
+    note = (
+        "<p>Test metrics on the test split (as in the metrics section); validation recall on "
+        "the fine-tune's held-out booking pairs"
+        + (f" ({_esc(', '.join(sources))})" if sources else "")
+        + ".</p>"
+    )
+    return _section("loss_comparison", title, note + _table(headers, rows) + chart)
 
 
 def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -535,11 +724,17 @@ def render_report(
     metrics = data.metrics
     sections = [
         summary_section(data),
+        selection_section(metrics),
         metrics_section(metrics),
         previous_section(metrics),
         by_position_section(metrics),
         impressions_section(metrics),
-        training_section(data.word2vec_history, data.finetune_history),
+        training_section(
+            data.word2vec_history,
+            data.finetune_history,
+            str((data.finetune_stats or {}).get("loss") or DEFAULT_LOSS),
+        ),
+        loss_comparison_section(data),
         projection_section(data, seed, max_points),
         neighbours_section(data, n_examples, k),
         stability_section(metrics),

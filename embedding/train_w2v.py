@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,22 +110,26 @@ def _epoch_logger(n_words: int, history: list[dict]):
     return EpochLog()
 
 
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
 def train_word2vec(
-    corpus: SessionCorpus, params: Word2VecParams, seed: int, history: list[dict] | None = None
+    corpus: Iterable[list[str]],
+    params: Word2VecParams,
+    seed: int,
+    history: list[dict] | None = None,
 ) -> ItemVectors:
-    """Train skip-gram (or CBOW, ``params.sg=0``) with negative sampling on ``corpus``; one
-    ``{"epoch", "loss", "words_per_s"}`` per epoch is appended to ``history`` when given."""
+    """Train skip-gram (or CBOW, ``params.sg=0``) with negative sampling on ``corpus``, any
+    re-iterable of item lists (``SessionCorpus`` in memory, ``ParquetSessionCorpus`` streamed);
+    one ``{"epoch", "loss", "words_per_s"}`` per epoch is appended to ``history`` when given."""
     from gensim.models import Word2Vec
 
-    counts = Counter(item for items in corpus for item in items)
-    n_words = sum(counts.values())
-    if not any(c >= params.min_count for c in counts.values()):
-        from embedding.errors import InputError
-
-        raise InputError(
-            f"no item occurs word2vec.min_count={params.min_count} times in the "
-            f"{len(corpus)} training sessions; lower min_count or widen the window"
-        )
     model = Word2Vec(
         vector_size=params.vector_size,
         window=params.window,
@@ -143,7 +146,17 @@ def train_word2vec(
         hashfxn=stable_hash,
         compute_loss=True,
     )
-    model.build_vocab(corpus)
+    # the vocabulary pass also gives the raw counts: no separate counting pass over the corpus
+    model.build_vocab(corpus, keep_raw_vocab=True)
+    n_seen, n_words = len(model.raw_vocab), model.corpus_total_words
+    raw_counts = model.raw_vocab
+    if len(model.wv) == 0:
+        from embedding.errors import InputError
+
+        raise InputError(
+            f"no item occurs word2vec.min_count={params.min_count} times in the "
+            f"{model.corpus_count} training sessions; lower min_count or widen the window"
+        )
     started = time.monotonic()
     model.train(
         corpus,
@@ -154,16 +167,17 @@ def train_word2vec(
     )
     wv = model.wv
     ids = list(wv.index_to_key)
+    counts = np.array([raw_counts[i] for i in ids], dtype=np.int64)
+    del model.raw_vocab
     logger.info(
-        "word2vec: %d items (of %d seen), dim %d, %d epochs in %.1f s",
+        "word2vec: %d items (of %d seen), dim %d, %d epochs in %.1f s, peak RSS %.0f MiB",
         len(ids),
-        len(counts),
+        n_seen,
         params.vector_size,
         params.epochs,
         time.monotonic() - started,
+        peak_rss_mb(),
     )
     return ItemVectors(
-        ids=ids,
-        vectors=normalize_rows(np.asarray(wv.vectors, dtype=np.float32)),
-        counts=np.array([counts[i] for i in ids], dtype=np.int64),
+        ids=ids, vectors=normalize_rows(np.asarray(wv.vectors, dtype=np.float32)), counts=counts
     )

@@ -41,14 +41,21 @@ def missing_days(work_dir: Path, days: list[date]) -> list[date]:
     return [d for d in days if read_marker(work_dir, d) is None]
 
 
-def load_table(work_dir: Path, table: str, days: list[date]) -> pa.Table | None:
+def table_files(work_dir: Path, table: str, days: list[date]) -> list[Path]:
+    """The Parquet files of ``table`` for ``days``, in day order."""
+    return [f for day in days for f in sorted((work_dir / table / f"dt={day}").glob("*.parquet"))]
+
+
+def load_table(
+    work_dir: Path, table: str, days: list[date], columns: list[str] | None = None
+) -> pa.Table | None:
     """One table over ``days`` (with a ``dt`` column). Partitions written by an older version
     of the job may store a column with another type (e.g. timestamps in ns without a zone):
     they are cast to the newest partition's types, or the day is named for a rebuild."""
     parts = []
     for day in days:
         for file in sorted((work_dir / table / f"dt={day}").glob("*.parquet")):
-            part = pq.read_table(file)
+            part = pq.read_table(file, columns=columns)
             parts.append(part.append_column("dt", pa.array([str(day)] * part.num_rows)))
     if not parts:
         return None
@@ -68,14 +75,54 @@ def load_table(work_dir: Path, table: str, days: list[date]) -> pa.Table | None:
 
 @dataclass(frozen=True)
 class WindowData:
+    """The window split three ways. Training sees only ``train_*``; ``val_*`` chooses (early
+    stopping, base or fine-tuned, the sweep); ``test_sessions`` is touched only for the figures
+    reported and the gate."""
+
     train_sessions: pa.Table
+    val_sessions: pa.Table
     test_sessions: pa.Table
     train_pairs: pa.Table
+    val_pairs: pa.Table
     holdout: str  # how the test set was chosen, for the manifest
+    validation: str  # how the validation set was chosen
 
 
-def split_holdout(sessions: pa.Table, pairs: pa.Table | None, cfg: EvaluateConfig) -> WindowData:
-    """Split sessions into train and test; pairs of test sessions never reach training."""
+@dataclass(frozen=True)
+class Split:
+    """Boolean masks over a sessions table (same row order)."""
+
+    is_val: np.ndarray
+    is_test: np.ndarray
+    holdout: str
+    validation: str
+
+    @property
+    def is_train(self) -> np.ndarray:
+        return ~(self.is_val | self.is_test)
+
+
+def _latest(sessions: pa.Table, candidates: np.ndarray, share: float) -> np.ndarray:
+    """Mask of the latest ``share`` (at least one) of the ``candidates`` rows by start time,
+    ties broken by session id."""
+    rows = np.flatnonzero(candidates)
+    mask = np.zeros(sessions.num_rows, dtype=bool)
+    if share <= 0 or rows.size == 0:
+        return mask
+    ids = sessions.column("session_id").to_numpy(zero_copy_only=False)[rows]
+    starts = sessions.column("start_ts").cast(pa.int64()).to_numpy()[rows]
+    order = rows[np.lexsort((ids, starts))]
+    n_latest = max(1, round(rows.size * share))
+    mask[order[rows.size - n_latest :]] = True
+    return mask
+
+
+def split_sessions(sessions: pa.Table, cfg: EvaluateConfig) -> Split:
+    """Test: the last day (``last_day``) or the latest ``holdout_fraction`` of sessions by start
+    (``last_fraction``, for short samples). Validation: the latest ``val_fraction`` of the rest
+    by start, so that it sits between training and test in time. Needs only the
+    ``session_id``, ``dt`` and ``start_ts`` columns."""
+    everything = np.ones(sessions.num_rows, dtype=bool)
     if cfg.holdout == "last_day":
         days = sorted(set(sessions.column("dt").to_pylist()))
         if len(days) < 2:
@@ -83,38 +130,53 @@ def split_holdout(sessions: pa.Table, pairs: pa.Table | None, cfg: EvaluateConfi
                 f"the training window holds sessions of {len(days)} day(s) only; the last_day "
                 "holdout needs two or more (use --set evaluate.holdout=last_fraction)"
             )
-        is_test = pc.equal(sessions.column("dt"), days[-1])
+        is_test = pc.equal(sessions.column("dt"), days[-1]).to_numpy(zero_copy_only=False)
         holdout = f"last_day ({days[-1]})"
     else:
-        order = np.lexsort(
-            (
-                sessions.column("session_id").to_numpy(zero_copy_only=False),
-                sessions.column("start_ts").cast(pa.int64()).to_numpy(),
-            )
-        )
-        n_test = max(1, round(len(order) * cfg.holdout_fraction))
-        mask = np.zeros(len(order), dtype=bool)
-        mask[order[len(order) - n_test :]] = True
-        is_test = pa.array(mask)
+        is_test = _latest(sessions, everything, cfg.holdout_fraction)
         holdout = f"last_fraction ({cfg.holdout_fraction:.0%} of sessions by start time)"
-    test = sessions.filter(is_test)
-    train = sessions.filter(pc.invert(is_test))
-    if train.num_rows == 0 or test.num_rows == 0:
+    is_val = _latest(sessions, ~is_test, cfg.val_fraction)
+    validation = (
+        f"the latest {cfg.val_fraction:.0%} of the other sessions by start time"
+        if cfg.val_fraction
+        else "none (evaluate.val_fraction=0)"
+    )
+    split = Split(is_val, np.asarray(is_test, dtype=bool), holdout, validation)
+    n_train, n_test = int(split.is_train.sum()), int(split.is_test.sum())
+    if n_train == 0 or n_test == 0:
         raise InputError(
-            f"holdout {holdout}: {train.num_rows} train / {test.num_rows} test sessions"
+            f"holdout {holdout}: {n_train} train / {int(is_val.sum())} validation / "
+            f"{n_test} test sessions"
         )
+    return split
+
+
+def _pairs_of(pairs: pa.Table, sessions: pa.Table, keep: bool = True) -> pa.Table:
+    inside = pc.is_in(pairs.column("session_id"), value_set=sessions.column("session_id"))
+    return pairs.filter(inside if keep else pc.invert(inside))
+
+
+def split_holdout(sessions: pa.Table, pairs: pa.Table | None, cfg: EvaluateConfig) -> WindowData:
+    """Split sessions into train, validation and test; pairs follow their sessions, so pairs
+    of held-out sessions never reach training."""
+    split = split_sessions(sessions, cfg)
+    train = sessions.filter(pa.array(split.is_train))
+    val = sessions.filter(pa.array(split.is_val))
+    test = sessions.filter(pa.array(split.is_test))
+    held_out = sessions.filter(pa.array(split.is_val | split.is_test))
     if pairs is None or pairs.num_rows == 0:
-        train_pairs = pa.table(
+        pairs = pa.table(
             {
+                "session_id": pa.array([], pa.string()),
                 "context_item": pa.array([], pa.string()),
                 "booked_item": pa.array([], pa.string()),
                 "market": pa.array([], pa.string()),
             }
         )
-    else:
-        in_test = pc.is_in(pairs.column("session_id"), value_set=test.column("session_id"))
-        train_pairs = pairs.filter(pc.invert(in_test))
-    return WindowData(train, test, train_pairs, holdout)
+    return WindowData(
+        train, val, test, _pairs_of(pairs, held_out, keep=False), _pairs_of(pairs, val),
+        split.holdout, split.validation,
+    )  # fmt: skip
 
 
 def apply_retention(work_dir: Path, end: date, retention_days: int) -> list[str]:

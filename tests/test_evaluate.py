@@ -195,7 +195,9 @@ PAIRS = [("s1", "a", "b"), ("s3", "c", "d"), ("s4", "a", "d"), ("s5", "d", "e"),
 
 def test_last_day_holdout_tests_on_the_last_day() -> None:
     window = split_holdout(
-        sessions_table(SESSIONS), pairs_table(PAIRS), EvaluateConfig(holdout="last_day")
+        sessions_table(SESSIONS),
+        pairs_table(PAIRS),
+        EvaluateConfig(holdout="last_day", val_fraction=0),
     )
     assert sorted(window.test_sessions.column("session_id").to_pylist()) == ["s4", "s5"]
     assert sorted(window.train_sessions.column("session_id").to_pylist()) == ["s1", "s2", "s3"]
@@ -206,7 +208,9 @@ def test_last_day_holdout_tests_on_the_last_day() -> None:
 
 
 def test_last_fraction_holdout_tests_on_the_latest_sessions() -> None:
-    cfg = EvaluateConfig(holdout="last_fraction", holdout_fraction=0.4)  # 2 of 5 sessions
+    cfg = EvaluateConfig(
+        holdout="last_fraction", holdout_fraction=0.4, val_fraction=0
+    )  # 2 of 5 sessions
     window = split_holdout(sessions_table(SESSIONS), pairs_table(PAIRS), cfg)
     assert sorted(window.test_sessions.column("session_id").to_pylist()) == ["s4", "s5"]
     assert window.train_sessions.num_rows == 3
@@ -216,14 +220,14 @@ def test_last_fraction_holdout_tests_on_the_latest_sessions() -> None:
 
 def test_last_fraction_breaks_start_ties_by_session_id() -> None:
     tied = [("b", "2026-01-01", 5, ["x", "y"]), ("a", "2026-01-01", 5, ["y", "z"])]
-    cfg = EvaluateConfig(holdout="last_fraction", holdout_fraction=0.5)
+    cfg = EvaluateConfig(holdout="last_fraction", holdout_fraction=0.5, val_fraction=0)
     window = split_holdout(sessions_table(tied), None, cfg)
     assert window.test_sessions.column("session_id").to_pylist() == ["b"]
 
 
 def test_last_fraction_works_on_a_one_day_window() -> None:
     one_day = [s for s in SESSIONS if s[1] == "2026-01-01"]
-    cfg = EvaluateConfig(holdout="last_fraction", holdout_fraction=0.2)  # rounds up to 1
+    cfg = EvaluateConfig(holdout="last_fraction", holdout_fraction=0.2, val_fraction=0)  # 1
     pairs = pairs_table([*PAIRS, ("s2", "b", "c")])
     window = split_holdout(sessions_table(one_day), pairs, cfg)
     assert window.test_sessions.column("session_id").to_pylist() == ["s2"]
@@ -240,9 +244,55 @@ def test_last_day_holdout_on_one_day_is_an_input_error() -> None:
 def test_missing_pairs_give_an_empty_typed_pairs_table() -> None:
     for pairs in (None, pairs_table([])):
         window = split_holdout(sessions_table(SESSIONS), pairs, EvaluateConfig())
-        assert window.train_pairs.num_rows == 0
+        assert window.train_pairs.num_rows == window.val_pairs.num_rows == 0
         assert window.train_pairs.column("context_item").type == pa.string()
         assert window.train_pairs.column("booked_item").type == pa.string()
+
+
+def test_validation_sits_between_train_and_test_in_time() -> None:
+    cfg = EvaluateConfig(holdout="last_day", val_fraction=0.34)  # 1 of the 3 non-test sessions
+    window = split_holdout(sessions_table(SESSIONS), pairs_table(PAIRS), cfg)
+    assert window.train_sessions.column("session_id").to_pylist() == ["s1", "s2"]
+    assert window.val_sessions.column("session_id").to_pylist() == ["s3"]
+    assert sorted(window.test_sessions.column("session_id").to_pylist()) == ["s4", "s5"]
+    assert window.train_pairs.column("session_id").to_pylist() == ["s1"]
+    assert window.val_pairs.column("session_id").to_pylist() == ["s3"]
+    assert "latest 34%" in window.validation
+
+
+def test_three_way_split_is_a_partition_with_no_leak() -> None:
+    rows = [(f"s{i:02d}", "2026-01-01", i, ["a", "b"]) for i in range(40)]
+    pairs = pairs_table([(f"s{i:02d}", "a", "b") for i in range(40)])
+    cfg = EvaluateConfig(holdout="last_fraction", holdout_fraction=0.25, val_fraction=0.2)
+    window = split_holdout(sessions_table(rows), pairs, cfg)
+    train, val, test = (
+        set(t.column("session_id").to_pylist())
+        for t in (window.train_sessions, window.val_sessions, window.test_sessions)
+    )
+    assert (len(train), len(val), len(test)) == (24, 6, 10)
+    assert not (train & val or train & test or val & test)
+    assert max(train) < min(val) and max(val) < min(test)  # ids follow start time here
+    assert set(window.train_pairs.column("session_id").to_pylist()) == train
+    assert set(window.val_pairs.column("session_id").to_pylist()) == val
+
+
+def test_selection_picks_the_better_candidate_on_validation() -> None:
+    from embedding.evaluate import select_on_validation
+
+    val = sessions_table([("v1", "2026-01-02", 0, ["a", "b", "a", "b"])])
+    rows = np.eye(3, dtype=np.float32)
+    ones = np.ones(3, np.int64)
+    good = ItemVectors(["a", "b", "c"], rows[[0, 0, 2]], ones)  # b is a's nearest
+    bad = ItemVectors(["a", "b", "c"], rows[[0, 2, 0]], ones)  # c is a's nearest
+    cfg = EvaluateConfig()
+    picked = select_on_validation({"word2vec": bad, "finetuned": good}, val, cfg, "mrr@20", 0)
+    assert picked["chosen"] == "finetuned"
+    assert picked["scores"]["finetuned"]["mrr@20"] > picked["scores"]["word2vec"]["mrr@20"]
+    tie = select_on_validation({"word2vec": good, "finetuned": good}, val, cfg, "mrr@20", 0)
+    assert tie["chosen"] == "word2vec"  # ties keep the base
+    none = select_on_validation({"word2vec": good, "finetuned": bad}, val.slice(0, 0), cfg,
+                                "mrr@20", 0)  # fmt: skip
+    assert none["chosen"] == "finetuned" and none["n_cases"] == 0
 
 
 def test_retention_deletes_only_days_before_the_cutoff(tmp_path: Path) -> None:

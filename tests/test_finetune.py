@@ -3,6 +3,7 @@ a small synthetic table (real torch on CPU)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -14,7 +15,17 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from embedding.config import FinetuneParams
-from embedding.finetune import FinetuneStats, finetune, info_nce, recall_at_k
+from embedding.finetune import (
+    FinetuneStats,
+    build_market_index,
+    contrastive_logits,
+    finetune,
+    info_nce,
+    lr_factor,
+    recall_at_k,
+    sample_hard_negatives,
+    triplet_loss,
+)
 from embedding.train_w2v import ItemVectors, normalize_rows
 
 N_ITEMS, DIM = 200, 16
@@ -26,6 +37,11 @@ PARAMS = FinetuneParams(
 )
 
 small_floats = st.floats(-1.0, 1.0, allow_nan=False, width=32)
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    """History entries without the wall-clock throughput, which varies run to run."""
+    return [{k: v for k, v in entry.items() if k != "pairs_per_s"} for entry in history]
 
 
 def random_vectors(seed: int = 0) -> ItemVectors:
@@ -217,7 +233,7 @@ def test_same_seed_gives_identical_vectors(tuned_run) -> None:
     base, tuned, stats = tuned_run
     again, again_stats = finetune(base, *cluster_pairs(), PARAMS, seed=1)
     np.testing.assert_array_equal(again.vectors, tuned.vectors)
-    assert again_stats.history == stats.history
+    assert untimed(again_stats.history) == untimed(stats.history)
 
 
 def test_pairs_with_unknown_items_are_skipped() -> None:
@@ -240,3 +256,254 @@ def test_too_few_usable_pairs_returns_base_unchanged(n_known: int) -> None:
     assert stats.skipped is not None
     assert str(n_known) in stats.skipped
     assert stats.history == []
+
+
+# --- extensions: markets, logQ, triplet, temperature, queue, schedule, validation ------------
+
+# markets: blocks of 10 consecutive items, 4 markets; every 25th item has none
+MARKETS: dict[str, str | None] = {
+    IDS[i]: (None if i % 25 == 24 else f"m{(i // 10) % 4}") for i in range(N_ITEMS)
+}
+ALL_ON = PARAMS.model_copy(
+    update={
+        "symmetric": True,
+        "learn_temperature": True,
+        "hard_negative_ratio": 0.25,
+        "logq_correction": True,
+        "queue_size": 64,
+        "momentum": 0.9,
+        "weight_decay": 0.01,
+        "lr_schedule": "cosine",
+        "warmup_epochs": 1.0,
+        "grad_clip": 0.5,
+    }
+)
+
+
+def test_hard_negatives_come_from_the_booked_items_market_and_never_equal_it() -> None:
+    markets = {**MARKETS, IDS[199]: "solo"}  # a market with a single item: nothing to draw
+    index = build_market_index(IDS, markets)
+    positives = torch.arange(N_ITEMS).repeat(3)
+    drawn = sample_hard_negatives(index, positives, 7, torch.Generator().manual_seed(0))
+    assert drawn.shape == (3 * N_ITEMS, 7)
+    assert drawn.dtype == torch.long
+    for row, positive in zip(drawn.tolist(), positives.tolist(), strict=True):
+        market = markets[IDS[positive]]
+        if market is None or market == "solo":
+            assert row == [-1] * 7
+        else:
+            assert all(d != positive and markets[IDS[d]] == market for d in row)
+    # uniform over the rest of the market: many draws for item 0 reach every other member
+    many = sample_hard_negatives(index, torch.zeros(1, dtype=torch.long), 2000, torch.Generator())
+    members = {i for i in range(N_ITEMS) if markets[IDS[i]] == markets[IDS[0]]} - {0}
+    assert set(many.flatten().tolist()) == members
+    again = sample_hard_negatives(index, positives, 7, torch.Generator().manual_seed(0))
+    assert torch.equal(again, drawn)  # seeded generator: reproducible
+
+
+def test_logq_correction_subtracts_log_q_on_in_batch_columns_only() -> None:
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    positives = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    ids = torch.tensor([0, 1, 2])
+    hard = torch.tensor([[[0.5, 0.5], [1.0, -1.0]], [[0.2, 1.0], [0.0, 1.0]], [[1.0, 0.3]] * 2])
+    hard_ids = torch.tensor([[5, 6], [7, -1], [8, 2]])  # -1: empty slot; 2: row 2's positive
+    queue = torch.tensor([[1.0, 2.0], [-1.0, 0.5]])
+    queue_ids = torch.tensor([10, 1])  # 1: row 1's positive
+    log_q = torch.log(torch.tensor([0.5, 0.3, 0.2]))
+    extra = {"hard": hard, "hard_ids": hard_ids, "queue": queue, "queue_ids": queue_ids}
+    raw = contrastive_logits(anchors, positives, 0.5, ids, **extra)
+    corrected = contrastive_logits(anchors, positives, 0.5, ids, log_q=log_q, **extra)
+    assert corrected.shape == (3, 3 + 2 + 2)
+    s = 1 / math.sqrt(2)
+    by_hand = torch.tensor([[1.0, s, 0.0], [0.0, s, 1.0], [s, 1.0, s]]) / 0.5
+    torch.testing.assert_close(raw[:, :3], by_hand)
+    torch.testing.assert_close(corrected[:, :3], by_hand - log_q[None, :])  # diagonal included
+    assert torch.equal(corrected[:, 3:], raw[:, 3:])  # hard and queue columns untouched
+    assert torch.isinf(raw[1, 4]) and torch.isinf(raw[2, 4]) and torch.isinf(raw[1, 6])
+    assert torch.isfinite(raw[0]).all()
+    # the loss is the cross-entropy of the corrected logits, row i's answer in column i
+    loss = info_nce(anchors, positives, 0.5, ids, log_q=log_q, **extra)
+    expected = torch.stack(
+        [torch.logsumexp(r[r.isfinite()], 0) - r[i] for i, r in enumerate(corrected)]
+    )
+    assert loss.item() == pytest.approx(expected.mean().item(), rel=1e-6)
+
+
+def test_queue_adds_its_columns_next_to_in_batch_and_hard_ones() -> None:
+    gen = torch.Generator().manual_seed(0)
+    batch, n_hard, n_queue, dim = 4, 2, 3, 5
+    anchors, positives = (
+        torch.randn(batch, dim, generator=gen),
+        torch.randn(batch, dim, generator=gen),
+    )
+    hard = torch.randn(batch, n_hard, dim, generator=gen)
+    queue = torch.randn(n_queue, dim, generator=gen)
+    ids = torch.tensor([0, 1, 2, 3])
+    logits = contrastive_logits(
+        anchors,
+        positives,
+        0.2,
+        ids,
+        hard=hard,
+        hard_ids=torch.full((batch, n_hard), 9),
+        queue=queue,
+        queue_ids=torch.tensor([3, 8, 9]),
+    )
+    assert logits.shape == (batch, batch + n_hard + n_queue)
+    assert torch.isinf(logits[3, batch + n_hard]) and torch.isfinite(logits[:3]).all()
+    expected = F.normalize(anchors, dim=-1) @ F.normalize(queue, dim=-1).T / 0.2
+    torch.testing.assert_close(logits[:3, batch + n_hard :], expected[:3])
+
+
+def test_triplet_loss_by_hand() -> None:
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    positives = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    s = 1 / math.sqrt(2)
+    # cosines [[1, s, 0], [0, s, 1], [s, 1, s]]: hardest negatives s, 1, 1
+    plain = triplet_loss(anchors, positives, 0.2)
+    assert plain.item() == pytest.approx((0.0 + 2 * (0.2 - s + 1.0)) / 3, rel=1e-6)
+    # rows 1 and 2 share a positive: each other's column is masked (hardest: 0 and s)
+    masked = triplet_loss(anchors, positives, 0.2, torch.tensor([7, 3, 3]))
+    assert masked.item() == pytest.approx((0.0 + 0.0 + 0.2) / 3, rel=1e-6)
+    # a hard negative almost on row 0's anchor (cos 10/sqrt(101)); row 1's equals its positive
+    hard = torch.tensor([[[10.0, 1.0]], [[5.0, 5.0]], [[-1.0, 0.0]]])
+    with_hard = triplet_loss(
+        anchors,
+        positives,
+        0.2,
+        torch.tensor([7, 3, 3]),
+        hard=hard,
+        hard_ids=torch.tensor([[4], [3], [5]]),
+    )
+    row0 = 0.2 - 1.0 + 10 / math.sqrt(101)
+    assert with_hard.item() == pytest.approx((row0 + 0.0 + 0.2) / 3, rel=1e-6)
+
+
+def test_finetune_triplet_improves_val_recall() -> None:
+    base = random_vectors()
+    tuned, stats = finetune(base, *cluster_pairs(), PARAMS, seed=1, loss="triplet")
+    assert stats.loss == "triplet"
+    assert stats.val_recall_best > stats.val_recall_base
+    assert stats.best_epoch > 0
+    np.testing.assert_array_equal(tuned.vectors[N_PAIRED:], base.vectors[N_PAIRED:])
+
+
+def test_unknown_loss_is_rejected() -> None:
+    with pytest.raises(ValueError, match="hinge"):
+        finetune(random_vectors(), *cluster_pairs(10), PARAMS, seed=1, loss="hinge")
+
+
+def test_learned_temperature_moves_and_is_reported() -> None:
+    params = PARAMS.model_copy(update={"learn_temperature": True, "patience": 100})
+    _, stats = finetune(random_vectors(), *cluster_pairs(), params, seed=1)
+    temperatures = [h["temperature"] for h in stats.history]
+    assert stats.temperature_final == temperatures[-1]
+    assert stats.temperature_final != pytest.approx(params.temperature, abs=1e-4)
+    assert all(t >= 1 / 100 for t in temperatures)  # scale clamped at 100
+    fixed = finetune(random_vectors(), *cluster_pairs(40), PARAMS, seed=1)[1]
+    assert fixed.temperature_final == PARAMS.temperature
+    assert {h["temperature"] for h in fixed.history} == {PARAMS.temperature}
+
+
+def test_finetune_with_queue_runs_and_reports_it() -> None:
+    params = PARAMS.model_copy(update={"queue_size": 32})
+    base = random_vectors()
+    tuned, stats = finetune(base, *cluster_pairs(), params, seed=1)
+    assert stats.queue_size == 32
+    assert stats.val_recall_best > stats.val_recall_base
+    np.testing.assert_array_equal(tuned.vectors[N_PAIRED:], base.vectors[N_PAIRED:])
+
+
+@pytest.fixture(scope="module")
+def all_on_run() -> tuple[ItemVectors, ItemVectors, FinetuneStats]:
+    base = random_vectors()
+    tuned, stats = finetune(base, *cluster_pairs(), ALL_ON, seed=1, markets=MARKETS)
+    return base, tuned, stats
+
+
+def test_all_options_on_keeps_unpaired_rows_bit_identical(all_on_run) -> None:
+    base, tuned, stats = all_on_run
+    assert stats.n_hard_negatives == math.ceil(0.25 * (ALL_ON.batch_size - 1))  # 16
+    assert stats.queue_size == ALL_ON.queue_size
+    assert stats.best_epoch > 0
+    # hard negatives were drawn among items 50..199 too, but only ever read, never moved
+    np.testing.assert_array_equal(tuned.vectors[N_PAIRED:], base.vectors[N_PAIRED:])
+    assert not np.array_equal(tuned.vectors[:N_PAIRED], base.vectors[:N_PAIRED])
+
+
+def test_all_options_on_improves_val_recall(all_on_run) -> None:
+    _, _, stats = all_on_run
+    assert stats.val_recall_best > stats.val_recall_base
+    assert stats.temperature_final != pytest.approx(ALL_ON.temperature, abs=1e-4)
+    assert stats.pairs_per_s > 0
+    assert all(math.isfinite(h["loss"]) for h in stats.history)
+    assert all(
+        set(h) == {"epoch", "loss", "val_recall", "pairs_per_s", "lr", "temperature"}
+        for h in stats.history
+    )
+
+
+def test_all_options_on_is_deterministic(all_on_run) -> None:
+    base, tuned, stats = all_on_run
+    again, again_stats = finetune(base, *cluster_pairs(), ALL_ON, seed=1, markets=MARKETS)
+    np.testing.assert_array_equal(again.vectors, tuned.vectors)
+    assert untimed(again_stats.history) == untimed(stats.history)
+
+
+def test_explicit_validation_pairs_are_used() -> None:
+    val_context, val_booked = cluster_pairs(60, seed=5)
+    _, stats = finetune(
+        random_vectors(),
+        *cluster_pairs(),
+        PARAMS,
+        1,
+        val_context=[*val_context, "unknown"],
+        val_booked=[*val_booked, IDS[0]],
+    )
+    assert stats.val_source == "validation_sessions"
+    assert (stats.n_train, stats.n_val) == (300, 60)  # every train pair trains
+    assert stats.val_recall_best > stats.val_recall_base
+
+
+def test_too_few_validation_pairs_fall_back_to_a_train_split() -> None:
+    val_context, val_booked = cluster_pairs(9, seed=5)
+    val_context += ["unknown-a", IDS[0]]  # not usable: only 9 known pairs
+    val_booked += [IDS[1], "unknown-b"]
+    pairs = cluster_pairs(100)
+    one_epoch = PARAMS.model_copy(update={"epochs": 1})
+    _, stats = finetune(
+        random_vectors(), *pairs, one_epoch, 1, val_context=val_context, val_booked=val_booked
+    )
+    assert stats.val_source == "train_pairs_split"
+    assert (stats.n_train, stats.n_val) == (80, 20)
+    no_split = one_epoch.model_copy(update={"val_fraction": 0.0})
+    _, stats = finetune(random_vectors(), *pairs, no_split, 1)
+    assert stats.val_source == "train_pairs"
+    assert (stats.n_train, stats.n_val) == (100, 0)  # early stopping watches the train pairs
+
+
+def test_lr_factor_warms_up_then_decays() -> None:
+    assert [lr_factor(s, 4, 12, "cosine") for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, 4, 12, "cosine") == 1.0
+    assert lr_factor(8, 4, 12, "cosine") == pytest.approx(0.5)
+    assert lr_factor(12, 4, 12, "cosine") == pytest.approx(0.0)
+    assert lr_factor(1, 4, 12, "constant") == 0.5
+    assert lr_factor(10, 4, 12, "constant") == 1.0
+    assert lr_factor(0, 0, 12, "cosine") == 1.0
+
+
+def test_recorded_lr_follows_warmup_then_cosine_decay() -> None:
+    params = PARAMS.model_copy(
+        update={"lr_schedule": "cosine", "warmup_epochs": 2.0, "patience": 100}
+    )
+    _, stats = finetune(random_vectors(), *cluster_pairs(), params, seed=1)
+    steps_per_epoch = 4  # 240 train pairs in batches of 64: 64, 64, 64, 48
+    total, warmup = steps_per_epoch * params.epochs, 2 * steps_per_epoch
+    lrs = [h["lr"] for h in stats.history]  # the lr of each epoch's last step
+    expected = [
+        params.lr * lr_factor(e * steps_per_epoch - 1, warmup, total, "cosine")
+        for e in range(1, params.epochs + 1)
+    ]
+    assert lrs == pytest.approx(expected)
+    assert lrs[0] < lrs[1] == pytest.approx(params.lr)  # warmup, peak at its end
+    assert all(a > b for a, b in itertools.pairwise(lrs[1:]))  # then cosine decay

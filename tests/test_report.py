@@ -1,7 +1,9 @@
-"""The HTML report: sections in order, plots that hold data, neighbours, escaping, missing parts.
+"""The HTML report: sections in order, plots that hold data, neighbours, escaping, missing parts,
+the validation-split selection and the InfoNCE vs triplet loss comparison.
 
 Parsed with the stdlib ``HTMLParser``; ~200 random unit vectors in 3 markets, a hand-made
-metrics dict shaped as ``embedding.evaluate`` writes it.
+metrics dict shaped as ``embedding.evaluate`` and the pipeline write it (with the comparison
+candidate ``finetuned_triplet`` and ``selection``), fine-tune stats shaped as the manifest's.
 """
 
 from __future__ import annotations
@@ -13,16 +15,24 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from embedding.report import ReportData, render_report
+from embedding.report import (
+    ReportData,
+    candidates,
+    loss_comparison_section,
+    render_report,
+    selection_section,
+)
 from embedding.train_w2v import ItemVectors, normalize_rows
 
 SECTIONS = [
     "summary",
+    "selection",
     "metrics",
     "previous",
     "by_position",
     "impressions",
     "training",
+    "loss_comparison",
     "projection",
     "neighbours",
     "stability",
@@ -35,11 +45,15 @@ PLOTS = [
     "word2vec_loss",
     "finetune_loss",
     "finetune_recall",
+    "loss_comparison",
     "projection",
 ]
 GATE_REASON = "finetuned hr@10 0.2100 >= required 0.1500 (min_value 0.05; no previous version)"
 K = 10
 N_EXAMPLES = 5
+SPLIT = "sessions of the last day before the test day (2026-01-07)"
+FT_HISTORY = [{"epoch": e, "loss": 2.0 / e, "val_recall": 0.1 * e} for e in range(1, 4)]
+TRIPLET_HISTORY = [{"epoch": e, "loss": 0.5 / e, "val_recall": 0.08 * e} for e in range(1, 5)]
 
 
 class ReportParser(HTMLParser):
@@ -65,7 +79,11 @@ class ReportParser(HTMLParser):
             self.sections.append(attr["id"])
         elif tag == "figure" and attr.get("class") == "plot":
             self._plot = attr["data-plot"]
-            self.plots[self._plot] = {"points": int(attr["data-points"]), "src": None}
+            self.plots[self._plot] = {
+                "points": int(attr["data-points"]),
+                "series": [n for n in (attr.get("data-series") or "").split(",") if n],
+                "src": None,
+            }
         elif tag == "img" and self._plot is not None:
             self.plots[self._plot]["src"] = attr["src"]
         elif tag == "p" and attr.get("class") == "empty":
@@ -104,6 +122,46 @@ class ReportParser(HTMLParser):
             self._buffer.append(data)
 
 
+class TableParser(HTMLParser):
+    """The body rows of every table: ``(tr class, [cell texts])``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[str | None, list[str]]] = []
+        self._row: list[str] | None = None
+        self._class: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            self._row, self._class = [], dict(attrs).get("class")
+        elif tag == "td" and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None:
+            self._row.append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr" and self._row:
+            self.rows.append((self._class, self._row))
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def section(document: str, section_id: str) -> str:
+    return document.split(f'<section id="{section_id}">')[1].split("</section>")[0]
+
+
+def table_rows(fragment: str) -> list[tuple[str | None, list[str]]]:
+    parser = TableParser()
+    parser.feed(fragment)
+    parser.close()
+    return parser.rows
+
+
 def parse(document: str) -> ReportParser:
     parser = ReportParser()
     parser.feed(document)
@@ -134,7 +192,7 @@ def booked(hr10: float) -> dict:
 
 def full_metrics() -> dict:
     baselines = ["popularity", "cooccurrence", "ppmi_svd"]
-    methods = [*baselines, "word2vec", "finetuned"]
+    methods = [*baselines, "word2vec", "finetuned", "finetuned_triplet"]
     rerank = {"mrr": 0.3, "hr@1": 0.2, "hr@5": 0.6, "n": 80}
     return {
         "n_cases": 400,
@@ -154,8 +212,18 @@ def full_metrics() -> dict:
                 "popularity": {**rerank, "mrr": 0.25},
                 "session": {**rerank, "mrr": 0.35},
                 "finetuned": {**rerank, "mrr": 0.4, "coverage": 0.9},
+                "finetuned_triplet": {**rerank, "mrr": 0.38, "coverage": 0.9},
                 "session+finetuned": {**rerank, "mrr": 0.45, "coverage": 0.9},
             },
+        },
+        "selection": {
+            "split": SPLIT,
+            "n_sessions": 120,
+            "metric": "hr@10",
+            "n_cases": 300,
+            "scores": {"word2vec": ranking(0.17), "finetuned": ranking(0.19)},
+            "chosen": "finetuned",
+            "reason": "highest validation hr@10",
         },
         "previous": {
             "version": "v-previous",
@@ -194,9 +262,27 @@ def data() -> ReportData:
         word2vec_history=[
             {"epoch": e, "loss": 1000.0 / e, "words_per_s": 5e4} for e in range(1, 6)
         ],
-        finetune_history=[
-            {"epoch": e, "loss": 2.0 / e, "val_recall": 0.1 * e} for e in range(1, 4)
-        ],
+        finetune_history=FT_HISTORY,
+        finetune_stats={
+            "loss": "infonce",
+            "best_epoch": 3,
+            "epochs_run": 3,
+            "val_recall_base": 0.05,
+            "val_recall_best": 0.3,
+            "val_source": "validation_sessions",
+            "history": FT_HISTORY,
+        },
+        finetune_comparison={
+            "finetuned_triplet": {
+                "loss": "triplet",
+                "best_epoch": 4,
+                "epochs_run": 4,
+                "val_recall_base": 0.05,
+                "val_recall_best": 0.32,
+                "val_source": "validation_sessions",
+                "history": TRIPLET_HISTORY,
+            }
+        },
         params={"word2vec": {"vector_size": 16, "negative": 10}, "seed": 7},
         data_interval={"start": "2026-01-01", "end": "2026-01-09"},
     )
@@ -256,7 +342,8 @@ def test_missing_parts_render_with_notes_and_no_empty_plots(data: ReportData) ->
     metrics = {
         k: v
         for k, v in full_metrics().items()
-        if k not in ("impression_rerank", "previous", "booked_item")
+        if k
+        not in ("impression_rerank", "previous", "booked_item", "selection", "finetuned_triplet")
     }
     sparse = replace(
         data,
@@ -264,6 +351,8 @@ def test_missing_parts_render_with_notes_and_no_empty_plots(data: ReportData) ->
         gate={**data.gate, "previous_version": None},
         word2vec_history=[],
         finetune_history=[],
+        finetune_stats={},
+        finetune_comparison={},
         params=None,
         data_interval=None,
     )
@@ -280,6 +369,8 @@ def test_missing_parts_render_with_notes_and_no_empty_plots(data: ReportData) ->
         "fine-tune: no training history",
         "no previous version",
         "no configuration given",
+        "selection on the validation split: not recorded",
+        "no loss comparison",
     ):
         assert expected in notes
 
@@ -294,3 +385,91 @@ def test_bare_metrics_do_not_crash(data: ReportData) -> None:
     assert parsed.sections == SECTIONS
     assert "metrics" not in parsed.plots
     assert "failed" in "".join(parsed.text)
+
+
+def test_comparison_variant_is_a_candidate_everywhere(report: str, data: ReportData) -> None:
+    assert candidates(data.metrics) == ["word2vec", "finetuned", "finetuned_triplet"]
+    metric_rows = [cells[0] for _, cells in table_rows(section(report, "metrics"))]
+    assert "finetuned_triplet (loss comparison)" in metric_rows
+    assert "finetuned (published)" in metric_rows
+    plots = parse(report).plots
+    assert plots["metrics"]["points"] == 2 * (6 + 1)  # 6 methods and the previous version
+    assert "finetuned_triplet" in plots["by_position"]["series"]
+    impression_rows = [cells[0] for _, cells in table_rows(section(report, "impressions"))]
+    assert "finetuned_triplet" in impression_rows
+
+
+def test_selection_marks_the_chosen_candidate_on_the_validation_split(report: str) -> None:
+    fragment = section(report, "selection")
+    rows = table_rows(fragment)
+    assert [cells[0] for _, cells in rows] == ["word2vec", "finetuned (chosen)"]
+    assert [cells[0] for cls, cells in rows if cls == "published"] == ["finetuned (chosen)"]
+    assert float(rows[1][1][1]) == pytest.approx(0.19)  # validation HR@10, not the test one
+    text = "".join(parse(fragment).text)
+    assert SPLIT in text
+    assert "120 validation sessions" in text and "300 next-item cases" in text
+    assert "Every other figure in this report is on the test split" in text
+    summary = "".join(parse(section(report, "summary")).text)
+    assert "finetuned (chosen on the validation split)" in summary
+
+
+def test_loss_comparison_table_and_curves_of_both_runs(report: str, data: ReportData) -> None:
+    fragment = section(report, "loss_comparison")
+    rows = [cells for _, cells in table_rows(fragment)]
+    assert [row[:2] for row in rows] == [
+        ["finetuned (configured, published)", "InfoNCE"],
+        ["finetuned_triplet (comparison)", "triplet"],
+    ]
+    for row, name in zip(rows, ("finetuned", "finetuned_triplet"), strict=True):
+        assert float(row[2]) == pytest.approx(data.metrics[name]["hr@10"])  # test HR@10
+    assert rows[1][6:] == ["0.0500", "0.3200", "4", "4"]  # val base, best, best epoch, epochs
+    plot = parse(report).plots["loss_comparison"]
+    assert plot["series"] == ["InfoNCE (finetuned)", "triplet (finetuned_triplet)"]
+    # each curve: the base vectors at epoch 0, then one point per epoch
+    assert plot["points"] == (1 + len(FT_HISTORY)) + (1 + len(TRIPLET_HISTORY))
+
+
+def test_loss_comparison_read_from_the_finetune_stats(data: ReportData) -> None:
+    """The manifest's whole ``finetune`` dict alone (its "comparison" key) is enough; with the
+    configured loss triplet the comparison run is InfoNCE and comes first."""
+    comparison = data.finetune_comparison["finetuned_triplet"]
+    metrics = {k: v for k, v in full_metrics().items() if k != "finetuned_triplet"}
+    metrics["finetuned_infonce"] = metrics["finetuned"]
+    stats = {
+        **data.finetune_stats,
+        "loss": "triplet",
+        "comparison": {"finetuned_infonce": {**comparison, "loss": "infonce"}},
+    }
+    flipped = replace(data, metrics=metrics, finetune_stats=stats, finetune_comparison={})
+    fragment = loss_comparison_section(flipped)
+    rows = [cells[:2] for _, cells in table_rows(fragment)]
+    assert rows == [
+        ["finetuned_infonce (comparison)", "InfoNCE"],
+        ["finetuned (configured, published)", "triplet"],
+    ]
+    assert parse(fragment).plots["loss_comparison"]["points"] == 2 + len(FT_HISTORY) + len(
+        TRIPLET_HISTORY
+    )
+
+
+def test_without_comparison_or_selection_the_sections_say_so(data: ReportData) -> None:
+    # built as embedding.pipeline.version_report built it before these fields existed
+    bare = ReportData(
+        version=data.version,
+        metrics={
+            k: v for k, v in full_metrics().items() if k not in ("selection", "finetuned_triplet")
+        },
+        gate=data.gate,
+        vectors=data.vectors,
+        markets=data.markets,
+        finetune_history=FT_HISTORY,
+    )
+    parsed = parse(loss_comparison_section(bare))
+    assert parsed.plots == {}
+    assert parsed.empty_notes == [
+        "no loss comparison: only the configured loss (InfoNCE) was trained"
+    ]
+    parsed = parse(selection_section(bare.metrics))
+    assert parsed.empty_notes == [
+        "selection on the validation split: not recorded (older manifest)"
+    ]
