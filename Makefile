@@ -15,7 +15,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 
-.PHONY: help install run serve test test-fast lint fmt bench bench-train bench-data clean spark-up spark-down report-png
+.PHONY: help install run serve test test-fast lint fmt bench bench-train bench-data bench-quality clean spark-up spark-down report-png
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,10 +60,13 @@ lint: install ## ruff check and format check
 fmt: install ## ruff format and autofix
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
-bench: bench-train bench-data ## every benchmark -> bench/results/
+bench: bench-train bench-data bench-quality ## every benchmark -> bench/results/
 
 bench-train: install ## skip-gram wrapper vs raw gensim on the same corpus -> bench/results/train.json
 	$(PY) -m bench.bench_train
+
+bench-quality: install ## default config vs baselines and text defaults, 3 seeds, standard/sparse/trivago -> bench/results/quality.json
+	$(PY) -m bench.bench_quality
 
 bench-data: install ## Spark sessionize vs the same rules in DuckDB, 1M/3M/10M events -> bench/results/data.json
 	$(PY) -m bench.bench_data

@@ -257,3 +257,33 @@ def test_report_command_regenerates_a_version_report(generated_run: dict, tmp_pa
     assert version in html and 'data-plot="by_position"' in html
     assert main(["report", "--publish-root", str(root), "--version", "19990101-x", "--out",
                  str(out)]) == 2  # fmt: skip
+
+
+def test_published_vectors_are_chosen_on_validation_and_training_never_sees_held_out(
+    generated_run: dict,
+) -> None:
+    from embedding.pipeline import RunPlan, load_window
+
+    cfg, result = generated_run["cfg"], generated_run["result"]
+    metrics = result["metrics"]
+    selection = metrics["selection"]
+    assert selection["metric"] == "hr@10" and selection["n_cases"] > 0
+    assert set(selection["scores"]) == {"word2vec", "finetuned"}  # the comparison is not a choice
+    best = max(selection["scores"].values(), key=lambda m: m["hr@10"])["hr@10"]
+    assert selection["scores"][selection["chosen"]]["hr@10"] == best
+    assert metrics["published"] == selection["chosen"]
+    assert "latest 10%" in selection["split"]
+
+    plan = RunPlan.from_dict(result["plan"])
+    data = load_window(cfg, plan)
+    manifest = publish.verify_version(Path(plan.publish_root) / "versions" / plan.version)
+    w2v = manifest["word2vec"]
+    assert w2v["n_sessions"] == data.train_sessions.num_rows  # streamed, held-out skipped
+    assert w2v["peak_rss_mb"] > 0 and len(w2v["history"]) == cfg.word2vec.epochs
+    finetune = manifest["finetune"]
+    assert finetune["val_source"] == "validation_sessions"
+    assert finetune["n_val"] == data.val_pairs.num_rows > 0
+    assert finetune["loss"] == "infonce"
+    (name,) = finetune["comparison"]
+    assert name == "finetuned_triplet" and finetune["comparison"][name]["loss"] == "triplet"
+    assert metrics[name]["n"] == metrics["n_cases"]  # scored on the same test cases
