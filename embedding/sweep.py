@@ -13,7 +13,8 @@ Grid file::
 
     mode: grid            # grid: every combination; random: n_trials draws (seeded)
     n_trials: 20
-    seed: 0
+    seed: 0               # of the random draw
+    seeds: [1, 2, 3]      # train each trial with each seed and average (default: the conf seed)
     metric: hr@10         # validation metric that ranks the trials
     fixed: {workers: 2}   # applied to every trial
     params:               # word2vec knob -> values to try
@@ -35,6 +36,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -59,7 +61,8 @@ class SweepGrid(BaseModel):
 
     mode: Literal["grid", "random"] = "grid"
     n_trials: int = Field(20, ge=1)  # random mode only
-    seed: int = 0
+    seed: int = 0  # of the random draw
+    seeds: list[int] | None = None  # training seeds per trial, figures averaged; None: conf seed
     metric: Literal["hr@10", "hr@20", "mrr@20", "ndcg@10"] = "hr@10"
     fixed: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, list[Any]] = Field(default_factory=dict)
@@ -106,6 +109,11 @@ def trials(grid: SweepGrid, base: Word2VecParams) -> list[tuple[str, Word2VecPar
             raise ConfigError(f"sweep trial '{name}': {' '.join(str(exc).split())}") from exc
         out.append((name, params))
     return out
+
+
+def _mean(runs: list[dict]) -> dict:
+    """Figures averaged over the seeds of one trial."""
+    return {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
 
 
 def _scores(vectors, cases: list[tuple[str, str]], batch_size: int) -> dict:
@@ -157,20 +165,27 @@ def run_sweep(
     started = time.monotonic()
     for n, (name, params) in enumerate(todo, 1):
         corpus.oversample = params.booked_oversample
-        t0 = time.monotonic()
-        vectors = train_word2vec(corpus, params, cfg.seed)
-        train_s = time.monotonic() - t0
+        runs, test_runs, train_s = [], [], []
+        for seed in grid.seeds or [cfg.seed]:
+            t0 = time.monotonic()
+            vectors = train_word2vec(corpus, params, seed)
+            train_s.append(time.monotonic() - t0)
+            runs.append(_scores(vectors, val_cases, ev.batch_size))
+            if score_test:
+                test_runs.append(_scores(vectors, test_cases, ev.batch_size))
         row = {
             "trial": name,
             **{k: getattr(params, k) for k in ("vector_size", "window", "negative",
                                                "ns_exponent", "sample", "epochs", "min_count",
                                                "alpha", "booked_oversample", "sg")},
             "n_items": len(vectors.ids),
-            "train_s": round(train_s, 2),
-            "val": _scores(vectors, val_cases, ev.batch_size),
+            "train_s": round(float(np.mean(train_s)), 2),
+            "val": _mean(runs),
         }  # fmt: skip
+        if len(runs) > 1:
+            row["val_by_seed"] = [r[grid.metric] for r in runs]
         if score_test:
-            row["test"] = _scores(vectors, test_cases, ev.batch_size)
+            row["test"] = _mean(test_runs)
         rows.append(row)
         elapsed = time.monotonic() - started
         logger.info(
@@ -183,7 +198,7 @@ def run_sweep(
             row["val"][grid.metric],
             popularity[grid.metric],
             row["n_items"],
-            train_s,
+            row["train_s"],
             elapsed / n * (len(todo) - n),
         )
         _write(out_dir, header, rank_rows(rows, grid.metric), cfg)
@@ -203,6 +218,8 @@ def _write(out_dir: Path, header: dict, ranked: list[dict], cfg: Config) -> None
     flat = [
         {**{k: v for k, v in r.items() if k not in ("val", "test")},
          **{f"val_{m}": v for m, v in r["val"].items()},
+         **({"val_by_seed": " ".join(f"{v:.4f}" for v in r["val_by_seed"])}
+            if "val_by_seed" in r else {}),
          **{f"test_{m}": v for m, v in r.get("test", {}).items()}}
         for r in ranked
     ]  # fmt: skip
@@ -220,16 +237,30 @@ def _write(out_dir: Path, header: dict, ranked: list[dict], cfg: Config) -> None
     )
 
 
+KNOB_COLUMNS = (
+    ("ns_exponent", "ns_exp", 6),
+    ("window", "win", 3),
+    ("sample", "sample", 7),
+    ("epochs", "epochs", 6),
+    ("vector_size", "dim", 4),
+    ("min_count", "min_c", 5),
+)
+
+
 def format_table(ranked: list[dict], metric: str, popularity: dict | None = None) -> list[str]:
+    """The ranked trials, one line each: knobs, vocabulary, training time, figures."""
     has_test = any("test" in r for r in ranked)
-    head = (f"{'#':>3} {'trial':<46} {'items':>6} {'train s':>8} {'val ' + metric:>10} "
-            f"{'val mrr@20':>10}" + (f" {'test ' + metric:>11}" if has_test else ""))  # fmt: skip
+    head = f"{'#':>3} {'trial':<16}" + "".join(f" {label:>{w}}" for _, label, w in KNOB_COLUMNS)
+    head += f" {'items':>6} {'train s':>8} {'val ' + metric:>10} {'val mrr@20':>10}"
+    head += f" {'test ' + metric:>11}" if has_test else ""
     lines = [head, "-" * len(head)]
     for r in ranked:
-        line = (f"{r['rank']:>3} {r['trial'][:46]:<46} {r['n_items']:>6} {r['train_s']:>8.1f} "
-                f"{r['val'][metric]:>10.4f} {r['val']['mrr@20']:>10.4f}")  # fmt: skip
-        if has_test:
-            line += f" {r['test'][metric]:>11.4f}"
+        name = r["trial"] if not r["trial"].startswith(KNOB_COLUMNS[0][0]) else "grid"
+        line = f"{r['rank']:>3} {name[:16]:<16}"
+        line += "".join(f" {r[key]:>{w}g}" for key, _, w in KNOB_COLUMNS)
+        line += f" {r['n_items']:>6} {r['train_s']:>8.1f} {r['val'][metric]:>10.4f}"
+        line += f" {r['val']['mrr@20']:>10.4f}"
+        line += f" {r['test'][metric]:>11.4f}" if has_test else ""
         lines.append(line)
     if popularity:
         lines.append(f"popularity on the same validation cases: {metric} {popularity[metric]:.4f}")

@@ -103,3 +103,13 @@ def test_sweep_ranks_trials_on_validation_and_writes_the_best_config(
     scored = run_sweep(cfg, plan, grid, tmp_path / "with-test", score_test=True)
     assert all(0.0 <= r["test"]["hr@10"] <= 1.0 for r in scored)
     assert [r["trial"] for r in scored] == [r["trial"] for r in ranked]  # workers=1: same
+
+    seeded = grid.model_copy(update={"seeds": [cfg.seed, cfg.seed + 1], "include": []})
+    averaged = run_sweep(cfg, plan, seeded, tmp_path / "seeds")
+    for row in averaged:
+        assert len(row["val_by_seed"]) == 2
+        assert row["val"]["hr@10"] == pytest.approx(sum(row["val_by_seed"]) / 2)
+    first_seed = {r["trial"]: r["val"]["hr@10"] for r in ranked}
+    assert {r["trial"]: r["val_by_seed"][0] for r in averaged} == {
+        t: v for t, v in first_seed.items() if t != "text-defaults"
+    }
