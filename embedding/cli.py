@@ -1,4 +1,4 @@
-"""Command line: ``python -m embedding {generate,run,versions,neighbors,report,sweep}``
+"""Command line: ``python -m embedding {generate,run,versions,rollback,neighbors,report,sweep}``
 (CONTRACTS §3).
 
 Exit codes: 0 published (or already published); 2 bad input or configuration (one clear line on
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from embedding.errors import EmbeddingError, InputError
+from embedding.errors import EmbeddingError, InputError, PublishError
 
 if TYPE_CHECKING:
     from embedding.config import Config
@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--last-run", action="store_true", help="also say what the latest run did")
     _add_config_args(ver)
 
+    rb = sub.add_parser(
+        "rollback", help="point CURRENT back at a published version and pin it there"
+    )
+    rb.add_argument("version", help="a published version id, e.g. 20260108-1a2b3c4d")
+    rb.add_argument("--publish-root", type=Path, default=None)
+    _add_config_args(rb)
+
     rep = sub.add_parser("report", help="write a published version's HTML report to a file")
     rep.add_argument("--version", default=None, help="default: CURRENT")
     rep.add_argument("--out", type=Path, required=True, help="HTML file to write")
@@ -93,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--publish-root", type=Path, default=None)
     nb.add_argument("--version", default=None, help="default: CURRENT")
     nb.add_argument("--k", type=int, default=10)
+    nb.add_argument("--market", default=None, help="only neighbours of this market")
     _add_config_args(nb)
     return parser
 
@@ -181,13 +189,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _day(version: str) -> str:
+    day = version.split("-", 1)[0]
+    return f"{day[:4]}-{day[4:6]}-{day[6:]}" if len(day) == 8 and day.isdigit() else day
+
+
+def _gate_summary(gate: dict) -> str:
+    if not gate:
+        return "gate -"
+    value = gate.get("value")
+    figure = f"{value:.4f}" if isinstance(value, int | float) else "-"
+    required = gate.get("required")
+    need = f" (needs {required:.4f})" if isinstance(required, int | float) else ""
+    verdict = "passed" if gate.get("passed") else "failed"
+    return f"{gate.get('metric', 'gate')} {figure}{need} {verdict}"
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     from embedding.pipeline import LAST_PUBLISH, resolve_paths
-    from embedding.publish import MANIFEST, REJECTED, VERSIONS, read_current
+    from embedding.publish import (
+        MANIFEST,
+        REJECTED,
+        VERSIONS,
+        read_current,
+        read_pin,
+        version_names,
+    )
 
     cfg = _load(args)
     root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
     current = read_current(root)
+    try:
+        pin = read_pin(root)
+    except PublishError as exc:  # list anyway; say why the pin cannot be read
+        print(f"warning: {exc}")
+        pin = None
     if args.last_run:
         last = Path(resolve_paths(cfg, input_path=".", publish_root=root).work_dir) / LAST_PUBLISH
         if not last.is_file():
@@ -201,22 +237,45 @@ def cmd_versions(args: argparse.Namespace) -> int:
         print(f"version {outcome['version']} {state}; CURRENT = {outcome['current']}")
     rows = []
     for kind in (VERSIONS, REJECTED):
-        for folder in sorted((root / kind).glob("*")):
-            if (folder / MANIFEST).is_file():
-                rows.append((kind, folder.name, json.loads((folder / MANIFEST).read_text())))
+        for name in version_names(root, kind):
+            path = root / kind / name / MANIFEST
+            try:
+                manifest = json.loads(path.read_text()) if path.is_file() else None
+            except ValueError:
+                manifest = None
+            rows.append((kind, name, manifest))
     if not rows:
         raise InputError(f"{root}: no versions published yet")
+    width = max(len(name) for _, name, _ in rows)
+    print(f"versions under {root} (* = CURRENT, P = pinned by rollback):")
     for kind, name, manifest in rows:
-        mark = "*" if name == current else " "
-        gate = manifest.get("gate", {})
-        interval = manifest.get("data_interval", {})
-        print(
-            f"{mark} {name}  [{'published' if kind == VERSIONS else 'rejected'}] "
-            f"{interval.get('start')}..{interval.get('end')}  "
-            f"{manifest.get('n_items', '?')} items, "
-            f"dim {manifest.get('dim', '?')}, gate {'passed' if gate.get('passed') else 'failed'}"
+        mark = ("*" if kind == VERSIONS and name == current else " ") + (
+            "P" if kind == VERSIONS and pin is not None and name == pin["version"] else " "
         )
-    manifest = next((m for k, n, m in rows if n == current and k == VERSIONS), None)
+        state = "published" if kind == VERSIONS else "rejected"
+        if manifest is None:
+            print(f"{mark} {name:<{width}}  {_day(name)}  {state:<9}  incomplete: no {MANIFEST}")
+            continue
+        gate = manifest.get("gate") or {}
+        line = (
+            f"{mark} {name:<{width}}  {_day(name)}  {state:<9}  "
+            f"{manifest.get('n_items', '?'):>7} items  dim {manifest.get('dim', '?')}  "
+            f"{_gate_summary(gate)}"
+        )
+        if kind == REJECTED and gate.get("reason"):
+            line += f": {gate['reason']}"
+        print(line)
+    if current is None:
+        print("CURRENT: none")
+    elif not (root / VERSIONS / current).is_dir():
+        print(f"CURRENT: {current} (warning: no such folder under {root / VERSIONS})")
+    if pin is not None:
+        print(
+            f"pinned: CURRENT held at {pin['version']} by a rollback at {pin['pinned_at']} "
+            f"(was {pin.get('previous_current')}); the next version trained after "
+            f"{_day(pin['newest_at_pin'])} moves it and lifts the pin"
+        )
+    manifest = next((m for k, n, m in rows if n == current and k == VERSIONS and m), None)
     if manifest is not None:
         print(f"CURRENT {current}: created {manifest.get('created_at')}")
         for line in format_metrics(manifest.get("metrics", {})):
@@ -225,15 +284,32 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from embedding.publish import rollback
+
+    cfg = _load(args)
+    root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
+    result = rollback(root, args.version)
+    print(f"CURRENT was {result.previous_current}, now {result.version}")
+    print(
+        f"pinned at {result.pinned_at}: publishing or rerunning a version trained on or before "
+        f"{_day(result.newest_at_pin)} leaves CURRENT here; the next version trained after "
+        "that day moves it forward and lifts the pin"
+    )
+    return 0
+
+
 def _chosen_version(args: argparse.Namespace) -> tuple[Config, str, Path]:
     """The config, the version (``--version`` or CURRENT) and its folder under the publish root."""
-    from embedding.publish import VERSIONS, read_current
+    from embedding.publish import VERSIONS, is_folder_name, read_current
 
     cfg = _load(args)
     root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
     version = args.version or read_current(root)
     if version is None:
         raise InputError(f"{root}: no CURRENT version; publish one first or pass --version")
+    if not is_folder_name(version):  # never let an id reach the file system as a path
+        raise InputError(f"{version!r} is not a version id (expected e.g. 20260108-1a2b3c4d)")
     return cfg, version, root / VERSIONS / version
 
 
@@ -254,8 +330,28 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     row = index[args.item_id]
     scores = vectors.vectors @ vectors.vectors[row]
     scores[row] = -np.inf
-    top = np.argsort(-scores, kind="stable")[: args.k]
-    print(f"version {version}; neighbours of {args.item_id} (market {markets.get(args.item_id)})")
+    allowed = np.ones(len(vectors.ids), dtype=bool)
+    allowed[row] = False
+    scope = ""
+    if args.market is not None:
+        in_market = np.array([markets.get(i) == args.market for i in vectors.ids], dtype=bool)
+        if not in_market.any():
+            known = sorted({m for m in markets.values() if m is not None})
+            shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+            raise InputError(
+                f"no item of market {args.market!r} in version {version} "
+                f"({len(known)} markets: {shown or 'none recorded'})"
+            )
+        allowed &= in_market
+        scope = f", market {args.market} only"
+    candidates = np.flatnonzero(allowed)
+    top = candidates[np.argsort(-scores[candidates], kind="stable")][: args.k]
+    print(
+        f"version {version}; neighbours of {args.item_id} "
+        f"(market {markets.get(args.item_id)}){scope}"
+    )
+    if top.size == 0:
+        print(f"no other item in market {args.market!r} besides {args.item_id}")
     for rank, i in enumerate(top, 1):
         print(
             f"{rank:>3}  {vectors.ids[i]:<20} {markets.get(vectors.ids[i]) or '-':<24} "
@@ -307,6 +403,7 @@ COMMANDS = {
     "generate": cmd_generate,
     "run": cmd_run,
     "versions": cmd_versions,
+    "rollback": cmd_rollback,
     "neighbors": cmd_neighbors,
     "report": cmd_report,
     "sweep": cmd_sweep,

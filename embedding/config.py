@@ -196,6 +196,15 @@ class ServingConfig(_Frozen):
     hnsw_ef_construction: int = Field(200, ge=1)
     hnsw_ef_search: int = Field(100, ge=1)
     max_k: int = Field(100, ge=1)
+    # ANN candidates fetched per answer: max(k * this, k + 10), then re-scored exactly
+    candidate_factor: int = Field(4, ge=1)
+
+
+class PublishConfig(_Frozen):
+    """Housekeeping of the publish root (CONTRACTS §2); never changes the model or its id."""
+
+    # version folders kept (newest by day); CURRENT, the one before it and a pinned one always
+    keep_versions: int = Field(10, ge=2)
 
 
 class PathsConfig(_Frozen):
@@ -222,6 +231,7 @@ class Config(_Frozen):
     gate: GateConfig = GateConfig()
     spark: SparkConfig = SparkConfig()
     serving: ServingConfig = ServingConfig()
+    publish: PublishConfig = PublishConfig()
     paths: PathsConfig = PathsConfig()
 
     @model_validator(mode="after")
@@ -243,7 +253,7 @@ class Config(_Frozen):
 
     def fingerprint(self) -> str:
         """sha256 over everything that shapes the model (paths excluded)."""
-        payload = self.model_dump(mode="json", exclude={"paths", "serving"})
+        payload = self.model_dump(mode="json", exclude={"paths", "serving", "publish"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

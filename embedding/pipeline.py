@@ -470,11 +470,12 @@ def publish_stage(
     """Publish the gated candidate (or finish the publish of an existing complete version)."""
     root = Path(plan.publish_root)
     if plan.already_published:
-        result = publish.finish_publish(root, plan.version)
+        result = publish.finish_publish(root, plan.version, cfg.publish.keep_versions)
         logger.info("%s is already published; CURRENT is %s", plan.version, result.current)
     elif not evaluation["gate"]["passed"]:
         raise QualityGateError(f"refusing to publish {plan.version}: the gate did not pass")
     else:
+        from embedding.ann_index import write_version_index
         from embedding.cold_start import with_cold_start
 
         final = _candidates(cfg, plan)[evaluation["metrics"]["published"]]
@@ -498,6 +499,8 @@ def publish_stage(
             fault=fault,
             cold_start=cold,
             extra_files={REPORT_FILE: report},
+            keep_versions=cfg.publish.keep_versions,
+            write_extra=lambda folder: write_version_index(folder, cfg.serving),
         )
     outcome = {**asdict(result), "data_interval": [plan.interval_start, plan.interval_end]}
     (Path(plan.work_dir) / LAST_PUBLISH).write_text(json.dumps(outcome, indent=1))

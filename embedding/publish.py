@@ -9,6 +9,20 @@ write into ``<root>/.tmp/<version>-<nonce>`` -> manifest -> rename into ``versio
 version appears complete or not at all) -> replace ``CURRENT``. A rerun that finds the complete
 version skips straight to moving ``CURRENT``, which finishes an interrupted publish. ``fault``
 is a hook called with each step's name; tests make it raise to prove the guarantees.
+
+Operations on a publish root:
+
+- ``rollback(root, version)`` points CURRENT back at an existing, verified version and writes
+  ``<root>/PINNED`` (JSON: ``version``, ``pinned_at``, ``newest_at_pin``, ``previous_current``),
+  the pin first, then CURRENT, both by atomic rename.
+- While PINNED exists, CURRENT moves only to a version trained on a day later than
+  ``newest_at_pin`` (the newest version present when the pin was set); that move removes the
+  pin. Publishing or re-finishing any version of that day or older (the bad version that was
+  rolled back, a backfill) leaves CURRENT and the pin alone.
+- ``apply_version_retention(root, keep)`` deletes version folders beyond the newest ``keep``
+  (by day), never CURRENT, the version before it or the pinned one, and rejected candidates
+  beyond the newest ``keep``; each folder is renamed to ``.tmp/.deleting-*`` and then removed,
+  so a crash never leaves a half-deleted folder that looks like a version.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable
@@ -26,7 +41,7 @@ from pathlib import Path
 
 from embedding import PROJECT_ROOT
 from embedding.checksum import file_sha256
-from embedding.errors import PublishError
+from embedding.errors import InputError, PublishError
 from embedding.train_w2v import ItemVectors
 from embedding.vectors_io import VECTORS_FILE, write_vectors
 
@@ -38,6 +53,12 @@ CURRENT = "CURRENT"
 VERSIONS = "versions"
 REJECTED = "rejected"
 TMP = ".tmp"
+PINNED = "PINNED"
+DELETING = ".deleting-"
+# what version_id produces; ids from a user (CLI, request) must match it in full
+VERSION_ID = re.compile(r"[0-9]{8}-[0-9a-f]{8}")
+# what may be listed as a version folder: a plain name, never hidden or a path
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 STEPS = ("data_written", "manifest_written", "before_rename", "after_rename", "before_current")
 SOURCE_PACKAGES = ("embedding", "jobs")
 
@@ -66,6 +87,31 @@ def version_day(version: str) -> str:
     return version.split("-", 1)[0]
 
 
+def check_version_id(version: str) -> str:
+    """``version`` if it is a version id (``<YYYYMMDD>-<8 hex>``), else InputError: an id
+    from a user never reaches the file system as a path (``../x``, ``a/b``)."""
+    if not isinstance(version, str) or not VERSION_ID.fullmatch(version):
+        raise InputError(
+            f"{version!r} is not a version id (expected <YYYYMMDD>-<8 hex>, e.g. 20260108-1a2b3c4d)"
+        )
+    return version
+
+
+def is_folder_name(name: str) -> bool:
+    """A plain, visible folder name (no separator, not ``.``/``..``, not hidden)."""
+    return bool(_FOLDER_NAME.fullmatch(name))
+
+
+def version_names(root: Path, kind: str = VERSIONS) -> list[str]:
+    """Names of the folders under ``<root>/<kind>`` that may be versions, oldest first (by
+    day, then name); hidden and temporary folders are never listed."""
+    folder = root / kind
+    if not folder.is_dir():
+        return []
+    names = [p.name for p in folder.iterdir() if p.is_dir() and is_folder_name(p.name)]
+    return sorted(names, key=lambda name: (version_day(name), name))
+
+
 def read_current(root: Path) -> str | None:
     path = root / CURRENT
     if not path.is_file():
@@ -77,12 +123,19 @@ def read_current(root: Path) -> str | None:
 def previous_version(root: Path, before_day: str) -> str | None:
     """The latest complete published version trained on days before ``before_day``
     (YYYYMMDD): the latest last day wins; among versions of that day, ``CURRENT``, else the
-    last by name. None for the first version."""
+    last by name. None for the first version.
+
+    While a rollback pin holds, versions trained after the pinned one are not served, so they
+    are skipped: the pinned version (what readers get) is the one to compare against."""
     folder = root / VERSIONS
+    pin = read_pin(root, strict=False)
+    ceiling = version_day(pin["version"]) if pin else None
     days = {
-        path.name: version_day(path.name)
-        for path in (folder.iterdir() if folder.is_dir() else [])
-        if version_day(path.name) < before_day and (path / MANIFEST).is_file()
+        name: version_day(name)
+        for name in version_names(root)
+        if version_day(name) < before_day
+        and (ceiling is None or version_day(name) <= ceiling)
+        and (folder / name / MANIFEST).is_file()
     }
     if not days:
         return None
@@ -123,17 +176,60 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def read_pin(root: Path, strict: bool = True) -> dict | None:
+    """The rollback pin (``<root>/PINNED``), None when CURRENT is not pinned. An unreadable
+    marker raises PublishError (``strict``) or reads as no pin (``strict=False``, for callers
+    that only pick a comparison version)."""
+    path = root / PINNED
+    if not path.is_file():
+        return None
+    try:
+        pin = json.loads(path.read_text())
+        for key in ("version", "newest_at_pin", "pinned_at"):
+            if not isinstance(pin.get(key), str):
+                raise ValueError(f"no {key!r}")
+    except (ValueError, AttributeError) as exc:
+        if not strict:
+            return None
+        raise PublishError(
+            f"{path}: unreadable rollback pin ({exc}); run `python -m embedding rollback "
+            "<version>` again or delete it to lift the pin"
+        ) from exc
+    return pin
+
+
+def _pin_holds(pin: dict | None, version: str) -> bool:
+    """True when the pin keeps CURRENT from moving to ``version``: only a version trained
+    after every version present at rollback time (``newest_at_pin``) lifts it."""
+    return pin is not None and version_day(version) <= version_day(pin["newest_at_pin"])
+
+
 def move_current(root: Path, version: str) -> bool:
-    """Point CURRENT at ``version`` unless that would move it back to an older day."""
+    """Point CURRENT at ``version`` unless that would move it back to an older day, or a
+    rollback pin holds (see ``rollback``); a move past the pin removes it."""
     current = read_current(root)
-    if current == version:
+    pin = read_pin(root)
+    if _pin_holds(pin, version):
+        logger.info(
+            "CURRENT stays at %s: pinned to %s by a rollback at %s; only a version trained "
+            "after %s moves it",
+            current,
+            pin["version"],
+            pin["pinned_at"],
+            version_day(pin["newest_at_pin"]),
+        )
         return False
-    if current is not None and version_day(version) < version_day(current):
+    if current is not None and current != version and version_day(version) < version_day(current):
         logger.info("CURRENT stays at %s: %s is older", current, version)
         return False
-    _write_atomic(root / CURRENT, version + "\n")
-    logger.info("CURRENT -> %s (was %s)", version, current)
-    return True
+    moved = current != version
+    if moved:
+        _write_atomic(root / CURRENT, version + "\n")
+        logger.info("CURRENT -> %s (was %s)", version, current)
+    if pin is not None:  # also finishes a move interrupted before the pin was removed
+        (root / PINNED).unlink(missing_ok=True)
+        logger.info("rollback pin to %s lifted by %s", pin["version"], version)
+    return moved
 
 
 @dataclass(frozen=True)
@@ -143,6 +239,7 @@ class PublishResult:
     already_published: bool
     current_moved: bool
     current: str | None
+    deleted: tuple[str, ...] = ()  # what retention removed (``keep_versions`` given)
 
 
 def _no_fault(step: str) -> None:
@@ -157,10 +254,13 @@ def _write_version_dir(
     fault: FaultHook,
     cold_start: set[str] | None = None,
     extra_files: dict[str, str] | None = None,
+    write_extra: Callable[[Path], object] | None = None,
 ) -> None:
     write_vectors(target / VECTORS_FILE, vectors, markets, cold_start)
     for name, text in (extra_files or {}).items():
         (target / name).write_text(text)
+    if write_extra is not None:  # e.g. the ANN index, built from the written Parquet file
+        write_extra(target)
     fault("data_written")
     files = {
         p.name: file_sha256(p)
@@ -188,10 +288,15 @@ def publish_version(
     fault: FaultHook | None = None,
     cold_start: set[str] | None = None,
     extra_files: dict[str, str] | None = None,
+    keep_versions: int | None = None,
+    write_extra: Callable[[Path], object] | None = None,
 ) -> PublishResult:
     """Publish ``vectors`` (``cold_start``: the ids flagged ``is_cold_start``) and
-    ``extra_files`` (name -> text, e.g. ``report.html``) as ``version`` under ``root``, then
-    move CURRENT forward."""
+    ``extra_files`` (name -> text, e.g. ``report.html``) as ``version`` under ``root``;
+    ``write_extra(folder)`` may add binary files (the prebuilt ANN index) before the manifest
+    checksums everything and the folder is renamed into place. Then
+    move CURRENT forward (unless a rollback pin holds, see ``move_current``), then, when
+    ``keep_versions`` is given, apply ``apply_version_retention`` (never to ``version``)."""
     fault = fault or _no_fault
     final = root / VERSIONS / version
     already = is_published(root, version)
@@ -211,6 +316,7 @@ def publish_version(
                 fault,
                 cold_start,
                 extra_files,
+                write_extra,
             )
             fault("before_rename")
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -221,14 +327,149 @@ def publish_version(
     fault("after_rename")
     fault("before_current")
     moved = move_current(root, version)
-    return PublishResult(version, str(final), already, moved, read_current(root))
+    deleted = _retain_after_publish(root, keep_versions, version)
+    return PublishResult(version, str(final), already, moved, read_current(root), deleted)
 
 
-def finish_publish(root: Path, version: str) -> PublishResult:
-    """A complete version exists: only make sure CURRENT has moved (idempotent)."""
+def finish_publish(root: Path, version: str, keep_versions: int | None = None) -> PublishResult:
+    """A complete version exists: only make sure CURRENT has moved (idempotent; a rollback pin
+    still holds), then apply retention when ``keep_versions`` is given."""
     verify_version(root / VERSIONS / version)
     moved = move_current(root, version)
-    return PublishResult(version, str(root / VERSIONS / version), True, moved, read_current(root))
+    deleted = _retain_after_publish(root, keep_versions, version)
+    return PublishResult(
+        version, str(root / VERSIONS / version), True, moved, read_current(root), deleted
+    )
+
+
+def _retain_after_publish(root: Path, keep: int | None, version: str) -> tuple[str, ...]:
+    """Retention after a successful publish: the publish stands even if cleaning fails."""
+    if keep is None:
+        return ()
+    try:
+        return tuple(apply_version_retention(root, keep, protect=(version,)))
+    except (OSError, PublishError) as exc:
+        logger.warning("version retention skipped after publishing %s: %s", version, exc)
+        return ()
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    version: str  # CURRENT now, pinned
+    previous_current: str | None  # CURRENT before the rollback
+    pinned_at: str
+    newest_at_pin: str  # only a version trained after this one's day moves CURRENT again
+
+
+def rollback(root: Path, version: str) -> RollbackResult:
+    """Point CURRENT at the existing, verified ``version`` (usually older than CURRENT) and pin
+    it: until a version trained after every version present now is published, no publish or
+    rerun moves CURRENT (see ``move_current``).
+
+    Raises InputError for an id that is not a version id or names no published version, and
+    PublishError for a version whose files do not match its manifest."""
+    check_version_id(version)
+    folder = root / VERSIONS / version
+    if not folder.is_dir():
+        rejected = (root / REJECTED / version).is_dir()
+        why = (
+            "it failed the quality gate (rejected/), so it was never published"
+            if rejected
+            else ("`python -m embedding versions` lists the published ones")
+        )
+        raise InputError(f"cannot roll back to {version}: not published under {root}; {why}")
+    try:
+        verify_version(folder)
+    except PublishError as exc:
+        raise PublishError(f"cannot roll back to {version}: {exc}") from exc
+    previous = read_current(root)
+    newest = [version, *version_names(root)]
+    if previous is not None and VERSION_ID.fullmatch(previous):
+        newest.append(previous)
+    old_pin = read_pin(root, strict=False)
+    if old_pin is not None and VERSION_ID.fullmatch(old_pin["newest_at_pin"]):
+        newest.append(old_pin["newest_at_pin"])  # a second rollback keeps the first one's bar
+    newest_at_pin = max(newest, key=lambda name: (version_day(name), name))
+    pinned_at = datetime.now(UTC).isoformat(timespec="seconds")
+    marker = {
+        "version": version,
+        "pinned_at": pinned_at,
+        "newest_at_pin": newest_at_pin,
+        "previous_current": previous,
+    }
+    # the pin first: a crash in between leaves CURRENT where it was, and already pinned
+    _write_atomic(root / PINNED, json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    _write_atomic(root / CURRENT, version + "\n")
+    logger.info(
+        "rollback: CURRENT -> %s (was %s), pinned until a version trained after %s",
+        version,
+        previous,
+        version_day(newest_at_pin),
+    )
+    return RollbackResult(version, previous, pinned_at, newest_at_pin)
+
+
+def _created_at(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / MANIFEST).read_text()).get("created_at", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _newest_first(root: Path, kind: str) -> list[str]:
+    """Folders of ``kind``, newest first: by day, then creation time, then name."""
+    names = version_names(root, kind)
+    return sorted(
+        names,
+        key=lambda name: (version_day(name), _created_at(root / kind / name), name),
+        reverse=True,
+    )
+
+
+def _delete_folder(root: Path, kind: str, name: str) -> None:
+    """Rename out of ``kind`` first (atomic), then remove: never a half-deleted version."""
+    scratch = root / TMP
+    scratch.mkdir(parents=True, exist_ok=True)
+    doomed = scratch / f"{DELETING}{kind}-{name}-{uuid.uuid4().hex[:8]}"
+    os.rename(root / kind / name, doomed)
+    shutil.rmtree(doomed)
+
+
+def _remove_stale_deletions(root: Path) -> None:
+    """Finish deletions a crash interrupted (their folders are already out of sight)."""
+    scratch = root / TMP
+    for path in scratch.glob(f"{DELETING}*") if scratch.is_dir() else []:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def apply_version_retention(root: Path, keep: int, protect: Iterable[str] = ()) -> list[str]:
+    """Delete the version folders beyond the newest ``keep`` (by day, then creation time) and
+    the rejected candidates beyond the newest ``keep``. Never deleted: CURRENT, the published
+    version before it (``previous_version``, the fallback a reader may still hold), the pinned
+    version, and ``protect``. Returns what was deleted, as ``versions/<v>`` and
+    ``rejected/<v>``, oldest last."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    _remove_stale_deletions(root)
+    current = read_current(root)
+    pin = read_pin(root)  # an unreadable pin: delete nothing rather than guess
+    kept = set(protect)
+    if current is not None:
+        kept.add(current)
+        before = previous_version(root, version_day(current))
+        if before is not None:
+            kept.add(before)
+    if pin is not None:
+        kept.add(pin["version"])
+    deleted = []
+    for kind, spared in ((VERSIONS, kept), (REJECTED, set())):
+        for name in _newest_first(root, kind)[keep:]:
+            if name in spared:
+                continue
+            _delete_folder(root, kind, name)
+            deleted.append(f"{kind}/{name}")
+            logger.info("retention: deleted %s/%s", kind, name)
+    return deleted
 
 
 def reject_version(

@@ -6,13 +6,23 @@ and an index over them. Nothing is trusted blindly: the Parquet file must match 
 ``manifest.json``, every vector must have the manifest's ``dim`` and unit L2 norm, and ids must
 be unique; otherwise ``VersionLoadError`` says what is wrong and where.
 
-Queries fetch ``k + 1`` candidates (the query item finds itself), drop the query item, then
-re-score the rest exactly (cosine = dot product of unit vectors), so scores never carry the ANN
-index's approximation. Fewer than ``EXACT_SEARCH_MAX_ITEMS`` items are searched exactly with
-numpy instead: an HNSW graph buys nothing at that size.
+The HNSW index comes prebuilt with the version when the publisher stored one
+(``embedding.ann_index``: ``ann_index.hnsw`` + ``ann_index.json``, checked against the
+manifest's sha256 and against the vectors); a version without one gets an index built at load
+time, which takes minutes for a million items. A stored index that fails a check refuses the
+whole version: the caller keeps serving the old one. ``LoadedVersion.index_source`` says which
+happened ("prebuilt", "built" or "exact": fewer than ``EXACT_SEARCH_MAX_ITEMS`` items are
+searched exactly with numpy, an HNSW graph buys nothing at that size).
+
+A query is answered in two steps: the index fetches ``max(k * candidate_factor, k + 10)``
+candidates, which are re-scored exactly (cosine = dot product of unit vectors, so scores never
+carry the index's approximation), filtered (market, exclude, blocklist, the query item itself),
+and cut to ``k``. When filters leave fewer than ``k``, the fetch widens, and past
+``MAX_ANN_FETCH`` candidates the filtered items are searched exactly, so ``k`` results come back
+whenever ``k`` items pass the filters.
 
     loaded = load_version(Path("publish"), cfg=load_config("conf/default.yaml").serving)
-    for item_id, score, market in loaded.similar("h123", k=10):
+    for item_id, score, market in loaded.similar("h123", k=10, market="paris"):
         ...
 """
 
@@ -23,18 +33,21 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-import hnswlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from embedding.ann_index import EXACT_SEARCH_MAX_ITEMS as EXACT_SEARCH_MAX_ITEMS
+from embedding.ann_index import HNSW_RANDOM_SEED as HNSW_RANDOM_SEED
+from embedding.ann_index import INDEX_FILE, INDEX_META_FILE, AnnIndexError, build_index, load_index
+from embedding.ann_index import SINGLE_THREAD_MAX_ITEMS as SINGLE_THREAD_MAX_ITEMS
 from embedding.checksum import file_sha256
 from embedding.config import ServingConfig
 from embedding.errors import EmbeddingError
@@ -49,10 +62,11 @@ VERSIONS_DIR = VERSIONS
 MANIFEST_FILE = MANIFEST
 
 NORM_TOLERANCE = 1e-3  # |‖v‖ - 1| above this means the publisher did not normalise
-EXACT_SEARCH_MAX_ITEMS = 1000  # below this, brute force is as fast as HNSW and exact
-SINGLE_THREAD_MAX_ITEMS = 50_000  # up to here the index is built on one thread: reproducible
-HNSW_RANDOM_SEED = 42  # fixed so that one version always gives the same graph
+MIN_EXTRA_CANDIDATES = 10  # the ANN fetch is at least k + this
+MAX_ANN_FETCH = 4096  # filters still short after this many candidates: search them exactly
 _VERSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name, never a path
+
+IndexSource = Literal["prebuilt", "built", "exact"]
 
 
 class VersionLoadError(EmbeddingError):
@@ -76,7 +90,9 @@ class LoadedVersion:
     """One verified version held in memory; never mutated after ``load_version`` returns.
 
     ``vectors`` row ``i`` belongs to ``ids[i]`` and ``markets[i]``; ``row_of`` inverts ``ids``.
-    ``index`` is an hnswlib index whose labels are row numbers, or None for exact search.
+    ``index`` is an hnswlib index whose labels are row numbers, or None for exact search;
+    ``index_source`` says where it came from, ``index_load_s`` how long loading or building it
+    took. Queries only read, so one instance serves concurrent requests.
     """
 
     version: str
@@ -87,6 +103,25 @@ class LoadedVersion:
     vectors: np.ndarray = field(repr=False)  # (n_items, dim) float32, read-only, unit rows
     markets: tuple[str | None, ...] = field(repr=False)
     index: Any = field(default=None, repr=False)  # hnswlib.Index | None
+    index_source: IndexSource = "exact"
+    index_load_s: float = 0.0
+    candidate_factor: int = 4  # ServingConfig.candidate_factor
+    _market_codes: np.ndarray = field(init=False, repr=False)  # (n_items,) int32 per row
+    _market_rows: Mapping[str | None, np.ndarray] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        code_of: dict[str | None, int] = {}
+        codes = np.fromiter(
+            (code_of.setdefault(m, len(code_of)) for m in self.markets),
+            dtype=np.int32,
+            count=len(self.markets),
+        )  # (n_items,)
+        order = np.argsort(codes, kind="stable")  # rows grouped by market, ascending in each
+        bounds = np.searchsorted(codes[order], np.arange(len(code_of) + 1))
+        rows = {m: order[bounds[c] : bounds[c + 1]] for m, c in code_of.items()}
+        codes.setflags(write=False)
+        object.__setattr__(self, "_market_codes", codes)
+        object.__setattr__(self, "_market_rows", MappingProxyType(rows))
 
     @property
     def n_items(self) -> int:
@@ -100,40 +135,140 @@ class LoadedVersion:
     def is_exact(self) -> bool:
         return self.index is None
 
-    def similar(self, item_id: str, k: int) -> list[Neighbor]:
+    def similar(
+        self,
+        item_id: str,
+        k: int,
+        market: str | None = None,
+        exclude: Collection[str] = (),
+        blocklist: Collection[str] = (),
+    ) -> list[Neighbor]:
         """The ``k`` items most similar to ``item_id`` (itself excluded), best first.
 
-        Fewer than ``k`` come back only when the version holds ``k`` items or fewer.
+        Args:
+            market: only items of this market (None: any market).
+            exclude, blocklist: item ids never returned (e.g. already seen; withdrawn);
+                ids not in this version are ignored.
+
+        Fewer than ``k`` come back only when fewer than ``k`` items pass the filters.
 
         Raises:
             KeyError: ``item_id`` is not in this version.
             ValueError: ``k`` is below 1.
         """
+        row = self.row_of[item_id]
+        return self._search(self.vectors[row], k, market, self._drop_rows(exclude, blocklist, row))
+
+    def similar_to_vector(
+        self,
+        vector: np.ndarray,
+        k: int,
+        market: str | None = None,
+        exclude: Collection[str] = (),
+        blocklist: Collection[str] = (),
+    ) -> list[Neighbor]:
+        """The ``k`` items most similar to ``vector`` (normalised here), best first.
+
+        Filters as in ``similar``; no item is excluded for being the query.
+
+        Raises:
+            ValueError: ``vector`` is not ``(dim,)``, holds NaN or inf, or is all zeros;
+                ``k`` is below 1.
+        """
+        try:
+            query = np.asarray(vector, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"vector must be {self.dim} numbers ({exc})") from exc
+        if query.shape != (self.dim,):
+            raise ValueError(f"vector has shape {query.shape}, expected ({self.dim},)")
+        if not np.all(np.isfinite(query)):
+            raise ValueError("vector holds NaN or infinite values")
+        norm = float(np.linalg.norm(query))
+        if norm == 0.0:
+            raise ValueError("vector is all zeros: it has no direction to compare")
+        query = (query / norm).astype(np.float32)  # (dim,)
+        return self._search(query, k, market, self._drop_rows(exclude, blocklist))
+
+    def _drop_rows(
+        self, exclude: Collection[str], blocklist: Collection[str], query_row: int | None = None
+    ) -> np.ndarray:
+        """Sorted unique row numbers never returned: excluded and blocked ids, the query."""
+        for name, ids in (("exclude", exclude), ("blocklist", blocklist)):
+            if isinstance(ids, str):
+                raise TypeError(f"{name} must be a collection of item ids, not the str {ids!r}")
+        rows = [self.row_of[i] for i in (*exclude, *blocklist) if i in self.row_of]
+        if query_row is not None:
+            rows.append(query_row)
+        return np.unique(np.asarray(rows, dtype=np.int64))  # (n_dropped,)
+
+    def _search(
+        self, query: np.ndarray, k: int, market: str | None, drop_rows: np.ndarray
+    ) -> list[Neighbor]:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        row = self.row_of[item_id]
-        query = self.vectors[row]  # (dim,)
-        n_fetch = min(k + 1, self.n_items)
-        candidates = self._candidates(query, n_fetch)  # (<= n_fetch,) row numbers
-        candidates = candidates[candidates != row]
+        pool = None if market is None else self._market_rows.get(market)  # None: every row
+        if market is not None and pool is None:
+            return []  # no item of that market in this version
+        pool_size = self.n_items if pool is None else len(pool)
+        n_eligible = pool_size - int(
+            np.isin(drop_rows, pool).sum() if pool is not None else len(drop_rows)
+        )
+        if self.index is None or n_eligible <= k or pool_size < EXACT_SEARCH_MAX_ITEMS:
+            return self._exact(query, k, pool, drop_rows)
+        market_code = None if pool is None else int(self._market_codes[pool[0]])
+        n_wanted = max(k * self.candidate_factor, k + MIN_EXTRA_CANDIDATES)
+        # a market filter keeps about pool_size / n_items of the candidates: fetch that more
+        n_fetch = min(-(-n_wanted * self.n_items // pool_size), self.n_items)
+        while True:
+            if n_fetch > MAX_ANN_FETCH:  # a rare market or a long exclude list: go exact
+                return self._exact(query, k, pool, drop_rows)
+            candidates = self._ann_candidates(query, n_fetch)  # (<= n_fetch,) row numbers
+            if market_code is not None:
+                candidates = candidates[self._market_codes[candidates] == market_code]
+            candidates = candidates[~np.isin(candidates, drop_rows)]
+            if len(candidates) >= k or n_fetch >= self.n_items:
+                return self._rank(query, candidates, k)
+            n_fetch = min(2 * n_fetch, self.n_items)
+
+    def _ann_candidates(self, query: np.ndarray, n_fetch: int) -> np.ndarray:
+        try:
+            labels, _ = self.index.knn_query(query, k=n_fetch, num_threads=1)
+            return labels[0].astype(np.int64)
+        except RuntimeError as exc:  # hnswlib found fewer than n_fetch: ef or M too small
+            logger.warning(
+                "version %s: ANN query failed (%s); searching exactly", self.version, exc
+            )
+        scores = self.vectors @ query  # (n_items,)
+        return np.argpartition(-scores, n_fetch - 1)[:n_fetch]
+
+    def _exact(
+        self, query: np.ndarray, k: int, pool: np.ndarray | None, drop_rows: np.ndarray
+    ) -> list[Neighbor]:
+        """Brute force over ``pool`` (None: every row) minus ``drop_rows``."""
+        rows = np.arange(self.n_items) if pool is None else pool  # (n_pool,)
+        if len(drop_rows):
+            rows = rows[~np.isin(rows, drop_rows)]
+        if len(rows) == 0:
+            return []
+        scores = (self.vectors if pool is None else self.vectors[rows]) @ query
+        if pool is None and len(drop_rows):
+            scores = scores[rows]
+        if len(rows) > k:  # keep every row tied with the k-th, so ties break by id below
+            kth = np.partition(-scores, k - 1)[k - 1]
+            keep = np.flatnonzero(-scores <= kth)
+            rows, scores = rows[keep], scores[keep]
+        return self._ranked(rows, scores, k)
+
+    def _rank(self, query: np.ndarray, candidates: np.ndarray, k: int) -> list[Neighbor]:
         scores = self.vectors[candidates] @ query  # (len(candidates),) exact cosine
+        return self._ranked(candidates, scores, k)
+
+    def _ranked(self, rows: np.ndarray, scores: np.ndarray, k: int) -> list[Neighbor]:
         ranked = sorted(
-            zip(candidates.tolist(), scores.tolist(), strict=True),
+            zip(rows.tolist(), scores.tolist(), strict=True),
             key=lambda pair: (-pair[1], self.ids[pair[0]]),  # ties broken by id: reproducible
         )
         return [Neighbor(self.ids[r], float(s), self.markets[r]) for r, s in ranked[:k]]
-
-    def _candidates(self, query: np.ndarray, n_fetch: int) -> np.ndarray:
-        if self.index is not None:
-            try:
-                labels, _ = self.index.knn_query(query, k=n_fetch, num_threads=1)
-                return labels[0].astype(np.int64)
-            except RuntimeError as exc:  # hnswlib found fewer than n_fetch: ef or M too small
-                logger.warning(
-                    "version %s: ANN query failed (%s); searching exactly", self.version, exc
-                )
-        scores = self.vectors @ query  # (n_items,)
-        return np.argpartition(-scores, n_fetch - 1)[:n_fetch]
 
 
 def read_current(publish_root: Path) -> str:
@@ -201,7 +336,7 @@ def load_version(
 
     vectors.setflags(write=False)
     cfg = cfg or ServingConfig()
-    index = None if len(ids) < EXACT_SEARCH_MAX_ITEMS else build_hnsw_index(vectors, cfg)
+    index, index_source, index_load_s = _open_index(version_dir, manifest, vectors, cfg)
     loaded = LoadedVersion(
         version=version,
         path=version_dir,
@@ -211,36 +346,69 @@ def load_version(
         vectors=vectors,
         markets=tuple(markets),
         index=index,
+        index_source=index_source,
+        index_load_s=index_load_s,
+        candidate_factor=cfg.candidate_factor,
     )
     logger.info(
-        "loaded version %s: %d items, dim %d, %s search, in %.2f s",
+        "loaded version %s: %d items, dim %d, %s index (%.2f s), in %.2f s",
         version,
         loaded.n_items,
         dim,
-        "exact" if index is None else "hnsw",
+        index_source,
+        index_load_s,
         time.perf_counter() - started,
     )
     return loaded
 
 
 def build_hnsw_index(vectors: np.ndarray, cfg: ServingConfig) -> Any:
-    """An inner-product HNSW index over unit rows (so inner product = cosine); labels = rows.
+    """An inner-product HNSW index over unit rows; labels = rows (``ann_index.build_index``)."""
+    return build_index(vectors, cfg)
 
-    Built on one thread up to ``SINGLE_THREAD_MAX_ITEMS`` items with a fixed seed, which makes
-    the graph (and so every answer) reproducible; above that, all cores, for build time.
+
+def _open_index(
+    version_dir: Path, manifest: Mapping[str, Any], vectors: np.ndarray, cfg: ServingConfig
+) -> tuple[Any, IndexSource, float]:
+    """(index or None, where it came from, seconds spent) for the verified ``vectors``.
+
+    A stored index is used when present: its files must match the manifest's sha256 when the
+    manifest lists them, and its metadata the vectors; any failure refuses the version.
     """
     n_items, dim = vectors.shape
-    num_threads = 1 if n_items <= SINGLE_THREAD_MAX_ITEMS else -1  # -1: all cores
-    index = hnswlib.Index(space="ip", dim=dim)
-    index.init_index(
-        max_elements=n_items,
-        ef_construction=cfg.hnsw_ef_construction,
-        M=cfg.hnsw_m,
-        random_seed=HNSW_RANDOM_SEED,
-    )
-    index.add_items(vectors, np.arange(n_items), num_threads=num_threads)
-    index.set_ef(cfg.hnsw_ef_search)  # set once here; changing it while serving is not safe
-    return index
+    if n_items < EXACT_SEARCH_MAX_ITEMS:
+        return None, "exact", 0.0
+    started = time.perf_counter()
+    stored = [version_dir / name for name in (INDEX_FILE, INDEX_META_FILE)]
+    if not any(path.exists() for path in stored):
+        logger.warning(
+            "version %s has no prebuilt ANN index (%s): building one over %d items now; "
+            "publish the index with the version to make loading fast",
+            version_dir.name,
+            INDEX_FILE,
+            n_items,
+        )
+        index = build_index(vectors, cfg)
+        return index, "built", time.perf_counter() - started
+    files = manifest["files"]  # a Mapping: _verify_checksums checked it
+    for path in stored:
+        if path.name in files:
+            _verify_file(path, files[path.name], version_dir)
+        else:
+            logger.warning(
+                "%s: not listed under 'files' in %s; loading it without a checksum",
+                path,
+                MANIFEST_FILE,
+            )
+    try:
+        index = load_index(version_dir, n_items, dim, cfg)
+    except AnnIndexError as exc:
+        raise VersionLoadError(
+            f"version {version_dir.name}: the prebuilt ANN index is unusable: {exc}"
+        ) from exc
+    if index is None:  # removed between the check and the load
+        raise VersionLoadError(f"{version_dir / INDEX_FILE}: disappeared while loading")
+    return index, "prebuilt", time.perf_counter() - started
 
 
 def _read_manifest(version_dir: Path, version: str) -> dict[str, Any]:
@@ -300,12 +468,25 @@ def _verify_checksums(vectors_path: Path, manifest: Mapping[str, Any], version_d
             raise VersionLoadError(
                 f"{version_dir / MANIFEST_FILE}: no sha256 for {name} under 'files'"
             )
-        actual = file_sha256(part)
-        if actual != expected:
-            raise VersionLoadError(
-                f"{part}: sha256 {actual[:12]}… does not match manifest.json ({expected[:12]}…); "
-                "the file was changed or truncated after publishing: republish this version"
-            )
+        _verify_file(part, expected, version_dir)
+
+
+def _verify_file(path: Path, entry: Any, version_dir: Path) -> None:
+    """``path`` exists and its sha256 is the one of its manifest ``files`` entry."""
+    expected = _expected_sha256(entry)
+    if expected is None:
+        raise VersionLoadError(
+            f"{version_dir / MANIFEST_FILE}: the 'files' entry of "
+            f"{path.relative_to(version_dir).as_posix()} holds no sha256 ({entry!r})"
+        )
+    if not path.is_file():
+        raise VersionLoadError(f"{path}: listed in {MANIFEST_FILE} but missing: incomplete")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise VersionLoadError(
+            f"{path}: sha256 {actual[:12]}… does not match manifest.json ({expected[:12]}…); "
+            "the file was changed or truncated after publishing: republish this version"
+        )
 
 
 def _is_data_part(path: Path) -> bool:

@@ -19,7 +19,7 @@ def test_default_yaml_loads_with_its_values() -> None:
     cfg = load_config(DEFAULT)
     assert isinstance(cfg, Config)
     assert cfg.seed == 42
-    assert cfg.word2vec.vector_size == 64
+    assert cfg.word2vec.vector_size == 32
     assert cfg.word2vec.negative == 10
     assert cfg.finetune.enabled is True
     assert cfg.evaluate.holdout == "last_day"
@@ -37,7 +37,7 @@ def test_trivago_yaml_maps_its_columns_and_events() -> None:
     assert cfg.source.events["clickout item"] == "book"
     assert cfg.source.events["filter selection"] == "drop"
     assert cfg.evaluate.holdout == "last_fraction"
-    assert cfg.word2vec.vector_size == 32
+    assert cfg.word2vec.vector_size == 64
     assert cfg.window.days == 2
 
 
