@@ -63,7 +63,9 @@ def test_dag_runs_end_to_end(airflow_db: Path, tmp_path: Path, spark) -> None:
     conf = yaml.safe_load((ROOT / "conf" / "default.yaml").read_text())
     conf["paths"] = {"input": str(clicks), "publish_root": str(tmp_path / "publish")}
     conf["window"] = {"days": 3}
-    conf["word2vec"].update({"epochs": 30, "workers": 1})  # few epochs: near-random vectors
+    # a tiny log: gensim's `sample` is a share of the corpus, so the default (3e-5, tuned on
+    # 200k events) would throw most of 30k events away
+    conf["word2vec"].update({"epochs": 30, "workers": 1, "sample": 0.001})
     conf["finetune"].update({"epochs": 2})
     conf["spark"]["shuffle_partitions"] = 2
     conf_path = tmp_path / "conf.yaml"
