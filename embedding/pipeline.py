@@ -284,7 +284,8 @@ def train_stage(cfg: Config, plan: RunPlan) -> str:
     write_vectors(out, vectors)
     stats = {
         "history": history,
-        "corpus": "streamed from the sessions Parquet files, one record batch at a time",
+        "corpus": "streamed from the sessions Parquet files, then replayed as int32 codes",
+        "corpus_codes_mb": round(corpus.cache_bytes / 2**20, 2),
         "n_sessions": corpus.n_sessions,
         "n_booked_sessions": corpus.n_booked,
         "booked_oversample": cfg.word2vec.booked_oversample,

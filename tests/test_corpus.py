@@ -109,3 +109,22 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(InputError, match=r"part-0\.parquet"):
         list(ParquetSessionCorpus([bad]))
+
+
+def test_replayed_passes_equal_the_first_and_reuse_one_string_per_item(
+    two_days: list[Path],
+) -> None:
+    corpus = ParquetSessionCorpus(two_days, exclude={"s2"}, oversample=2)
+    first, second = list(corpus), list(corpus)
+    assert first == second == [["a", "b"], ["c", "d"], ["d", "e", "f"], ["d", "e", "f"], ["e", "a"]]
+    assert first[0][0] is second[4][1]  # "a": one str object for the whole corpus
+    assert corpus.cache_bytes > 0 and (corpus.n_sessions, corpus.n_booked) == (4, 1)
+
+
+def test_without_compact_every_pass_reads_the_files(two_days: list[Path], tmp_path: Path) -> None:
+    corpus = ParquetSessionCorpus(two_days, compact=False)
+    assert list(corpus) == list(ParquetSessionCorpus(two_days))
+    assert corpus.cache_bytes == 0
+    two_days[1].write_bytes(b"gone")  # a pass after the first really reads again
+    with pytest.raises(InputError, match="cannot read training sessions"):
+        list(corpus)
