@@ -124,13 +124,13 @@ def format_metrics(metrics: dict) -> list[str]:
         f"holdout: {metrics.get('holdout')}, {metrics.get('n_cases')} next-item cases, "
         f"coverage {metrics.get('coverage', 0):.1%}"
     ]
-    lines.append(f"  {'method':<14}{'HR@10':>8}{'MRR@20':>8}{'NDCG@10':>9}   covered HR@10")
+    lines.append(f"  {'method':<19}{'HR@10':>8}{'MRR@20':>8}{'NDCG@10':>9}   covered HR@10")
     variants = sorted(k for k in metrics if k.startswith("finetuned_"))
     for name in (*metrics.get("baselines", ["popularity"]), "word2vec", "finetuned", *variants):
         if name in metrics:
             m = metrics[name]
             lines.append(
-                f"  {name:<14}{m['hr@10']:>8.4f}{m['mrr@20']:>8.4f}{m.get('ndcg@10', 0.0):>9.4f}"
+                f"  {name:<19}{m['hr@10']:>8.4f}{m['mrr@20']:>8.4f}{m.get('ndcg@10', 0.0):>9.4f}"
                 f"   {m['covered']['hr@10']:.4f}"
             )
     booked = metrics.get("booked_item", {})
@@ -148,7 +148,7 @@ def format_metrics(metrics: dict) -> list[str]:
     rerank = metrics.get("impression_rerank")
     if rerank:
         lines.append(f"impression re-rank on {rerank['n_cases']} clickouts (MRR):")
-        lines.extend(f"  {k:<22}{v['mrr']:.4f}" for k, v in rerank["methods"].items())
+        lines.extend(f"  {k:<28}{v['mrr']:.4f}" for k, v in rerank["methods"].items())
     return lines
 
 
