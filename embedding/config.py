@@ -198,6 +198,12 @@ class ServingConfig(_Frozen):
     max_k: int = Field(100, ge=1)
     # ANN candidates fetched per answer: max(k * this, k + 10), then re-scored exactly
     candidate_factor: int = Field(4, ge=1)
+    # seconds between reads of CURRENT; a new version there is loaded and swapped in (0: never)
+    poll_interval_s: float = Field(5.0, ge=0)
+    # /health answers 503 "stale" when the served version's created_at is older (None: no limit)
+    max_version_age_hours: float | None = Field(48.0, gt=0)
+    # env var holding the token for POST /admin/reload; unset: loopback clients only
+    admin_token_env: str = "EMBEDDING_ADMIN_TOKEN"
 
 
 class PublishConfig(_Frozen):

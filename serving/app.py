@@ -4,13 +4,26 @@ Input: a publish root (CONTRACTS.md §2) and ``ServingConfig``. The lifespan loa
 named by ``CURRENT`` once, at startup, onto ``app.state.loaded``; if nothing is published yet the
 app still starts and answers 503 until a version is loaded. A version that exists but fails its
 checks (checksum, norms, ids) stops the startup: serving it would be worse than not serving.
-``reload`` builds a new ``LoadedVersion`` completely, then swaps that single reference, so
-requests in flight finish on the version they started with.
+
+Hot reload: while the app runs, a background task reads ``CURRENT`` every
+``poll_interval_s`` (0: never) and ``POST /admin/reload`` asks for the same on demand. Either
+way ``Reloader.load`` builds a new ``LoadedVersion`` completely in a worker thread (one load at a
+time), then swaps the single reference ``app.state.loaded``: requests in flight finish on the
+version they started with, and the old version's memory goes once the last of them is done.
+A version that fails its checks is logged once and refused; the old one keeps serving, and the
+poller does not retry it until ``CURRENT`` names something else. A version loaded on demand
+(``?version=``) likewise stays served until ``CURRENT`` moves.
 """
 
+import asyncio
+import contextlib
+import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -18,10 +31,112 @@ from starlette.concurrency import run_in_threadpool
 
 from embedding import __version__
 from embedding.config import ServingConfig
-from serving.model import LoadedVersion, NoCurrentVersionError, load_version
-from serving.routes import health, neighbors
+from serving.model import (
+    LoadedVersion,
+    NoCurrentVersionError,
+    VersionLoadError,
+    load_version,
+    read_current,
+)
+from serving.routes import admin, health, neighbors
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    version: str
+    previous: str | None
+    changed: bool
+    load_s: float
+
+
+class Reloader:
+    """Loads versions for one app, one at a time, and swaps them in.
+
+    The poller acts only when ``CURRENT`` names something else than the last value it handled
+    (``handled_current``): a version that failed is logged once and not retried at every poll,
+    and a version loaded explicitly (``POST /admin/reload?version=``) stays served until
+    ``CURRENT`` moves. An explicit ``load`` always tries again.
+    """
+
+    def __init__(self, app: FastAPI, handled_current: str | None = None) -> None:
+        self.app = app
+        self.lock = asyncio.Lock()
+        self.handled_current = handled_current  # the CURRENT content last acted on
+        self.current_error: str | None = None  # the last problem reading CURRENT, logged once
+
+    def served_version(self) -> str | None:
+        loaded: LoadedVersion | None = self.app.state.loaded
+        return loaded.version if loaded is not None else None
+
+    async def load(self, version: str | None = None) -> ReloadResult:
+        """Load ``version`` (None: ``CURRENT``'s) unless it is served already, then swap.
+
+        Raises:
+            VersionLoadError: it is missing or fails a check; the old version keeps serving.
+        """
+        async with self.lock:
+            root: Path = self.app.state.publish_root
+            explicit = version is not None
+            if version is None:
+                version = await asyncio.to_thread(read_current, root)
+                self.handled_current = version
+            previous = self.served_version()
+            if version == previous:
+                return ReloadResult(version, previous, changed=False, load_s=0.0)
+            started = time.perf_counter()
+            try:  # a thread of its own: building an index must not block the event loop
+                loaded = await asyncio.to_thread(
+                    load_version, root, version, self.app.state.serving_cfg
+                )
+            except VersionLoadError as exc:
+                logger.error(
+                    "refusing version %s, still serving %s: %s", version, previous or "none", exc
+                )
+                raise
+            load_s = time.perf_counter() - started
+            swap(self.app, loaded)
+            del loaded
+            if explicit:  # pinned until CURRENT names something else
+                with contextlib.suppress(VersionLoadError):
+                    self.handled_current = await asyncio.to_thread(read_current, root)
+            await asyncio.to_thread(gc.collect)  # the old version goes once requests drop it
+            return ReloadResult(version, previous, changed=True, load_s=load_s)
+
+    async def poll_once(self) -> ReloadResult | None:
+        """Load ``CURRENT``'s version if CURRENT changed since last handled; None: nothing new."""
+        root: Path = self.app.state.publish_root
+        try:
+            version = await asyncio.to_thread(read_current, root)
+        except NoCurrentVersionError:
+            return None
+        except VersionLoadError as exc:  # unreadable or invalid CURRENT: log once per problem
+            if self.current_error != str(exc):
+                self.current_error = str(exc)
+                served = self.served_version()
+                logger.error("cannot read CURRENT, still serving %s: %s", served, exc)
+            return None
+        self.current_error = None
+        if version == self.handled_current or self.lock.locked():
+            return None  # nothing new, or a load is running: look again at the next poll
+        self.handled_current = version
+        if version == self.served_version():
+            return None
+        try:
+            return await self.load(version)
+        except VersionLoadError:
+            return None  # logged by load; retried only when CURRENT changes
+
+    async def poll_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the poller must outlive any one bad surprise
+                logger.exception("polling %s/CURRENT failed", self.app.state.publish_root)
 
 
 def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
@@ -35,8 +150,20 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
             await run_in_threadpool(reload, app)
         except NoCurrentVersionError as exc:
             logger.warning("starting without a version: %s", exc)
-        yield
-        app.state.loaded = None
+        served = app.state.loaded
+        app.state.reloader = Reloader(app, served.version if served is not None else None)
+        poller = None
+        if cfg.poll_interval_s > 0:
+            poller = asyncio.create_task(app.state.reloader.poll_forever(cfg.poll_interval_s))
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            app.state.loaded = None
+            app.state.loaded_at = None
 
     app = FastAPI(
         title="item-embedding neighbours",
@@ -47,21 +174,30 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
     app.state.publish_root = publish_root
     app.state.serving_cfg = cfg
     app.state.loaded = None  # the one reference handlers read and reload swaps
+    app.state.loaded_at = None  # (version, when it was swapped in)
+    app.state.reloader = None  # set by the lifespan
     app.include_router(health.router)
     app.include_router(neighbors.build_router(cfg.max_k))
+    app.include_router(admin.router)
     return app
+
+
+def swap(app: FastAPI, loaded: LoadedVersion) -> None:
+    """Make ``loaded`` the version served; a single attribute assignment is the swap."""
+    previous: LoadedVersion | None = app.state.loaded
+    app.state.loaded_at = (loaded.version, datetime.now(UTC))
+    app.state.loaded = loaded
+    logger.info(
+        "serving version %s (was %s)", loaded.version, previous.version if previous else "none"
+    )
 
 
 def reload(app: FastAPI, version: str | None = None) -> LoadedVersion:
     """Load ``version`` (None: ``CURRENT``'s) fully, then make it the one the app serves.
 
-    On any error the app keeps serving what it had. A single attribute assignment is the swap:
-    handlers that already took the old version finish with it.
+    Synchronous, without the reload lock: for startup and scripts. On any error the app keeps
+    serving what it had; handlers that already took the old version finish with it.
     """
     loaded = load_version(app.state.publish_root, version, app.state.serving_cfg)
-    previous: LoadedVersion | None = app.state.loaded
-    app.state.loaded = loaded
-    logger.info(
-        "serving version %s (was %s)", loaded.version, previous.version if previous else "none"
-    )
+    swap(app, loaded)
     return loaded

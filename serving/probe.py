@@ -85,6 +85,13 @@ def running_service(
             _stop(process)
 
 
+def _is_stale(response: httpx.Response) -> bool:
+    try:
+        return response.status_code == 503 and response.json().get("status") == "stale"
+    except ValueError:
+        return False
+
+
 def _wait_for_health(
     process: subprocess.Popen[bytes], base_url: str, timeout_s: float, log: IO[bytes]
 ) -> None:
@@ -102,8 +109,8 @@ def _wait_for_health(
             except httpx.TransportError as exc:
                 last_problem = f"{type(exc).__name__}: {exc}"
             else:
-                if response.status_code == 200:
-                    return
+                if response.status_code == 200 or _is_stale(response):
+                    return  # stale: up and answering, only its version is old (a warning)
                 last_problem = f"/health answered {response.status_code} {response.text}"
             time.sleep(POLL_INTERVAL_S)
     raise ServiceError(

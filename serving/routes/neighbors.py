@@ -1,48 +1,228 @@
-"""``GET /items/{item_id}/similar?k=``: the items closest to one item in the served version."""
+"""The neighbour endpoints; every answer names the version it came from.
 
-from typing import Annotated
+- ``GET /items/{item_id}/similar?k=&market=&exclude=``: the items closest to one item.
+- ``GET /items/{item_id}``: one item's vector, market and version.
+- ``POST /similar``: neighbours of the mean of several items (the inputs excluded), or of a
+  vector taken from the served version (another version's vector: 409).
+- ``POST /similar/batch``: each of many items' own neighbours; unknown ids are listed, not fatal.
 
-from fastapi import APIRouter, HTTPException, Query, status
+Errors are JSON: 404 for an unknown item, 409 for a vector of another version, 422 for bad
+parameters (``k`` below 1, oversized lists or ids, a vector of the wrong dim, non-finite or zero),
+503 while no version is loaded. ``k`` above ``max_k`` is capped, and the answer's ``k`` says the
+value used. A handler takes the loaded version once, so one answer never mixes two versions.
+"""
+
+import math
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import StringConstraints
 
 from serving.deps import LoadedDep
+from serving.model import LoadedVersion
+from serving.model import Neighbor as ModelNeighbor
+from serving.requests import (
+    DEFAULT_K,
+    MAX_ID_LENGTH,
+    MAX_IDS,
+    BatchQuery,
+    BatchResult,
+    ItemNeighbors,
+    ItemVector,
+    SimilarQuery,
+    SimilarResult,
+)
 from serving.schemas import ErrorDetail, Neighbor, SimilarItems
 
-DEFAULT_K = 10
+MAX_LISTED_UNKNOWN = 20  # a 404 names at most this many unknown ids
+
+ItemIdPath = Annotated[str, Path(max_length=MAX_ID_LENGTH)]
+KQuery = Annotated[
+    int, Query(ge=1, description="number of neighbours; values above max_k are capped to it")
+]
+MarketQuery = Annotated[
+    str | None, Query(max_length=MAX_ID_LENGTH, description="only items of this market")
+]
+ExcludeQuery = Annotated[
+    list[Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)]],
+    Query(max_length=MAX_IDS, description="item ids never returned; repeat the parameter"),
+]
+
+_NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"model": ErrorDetail}}
+_NO_VERSION = {status.HTTP_503_SERVICE_UNAVAILABLE: {"model": ErrorDetail}}
+
+
+class JsonSafeErrorsRoute(APIRoute):
+    """A route whose 422 stays valid JSON when the rejected input holds NaN or infinities.
+
+    Starlette parses the JSON extensions ``NaN``/``Infinity``; pydantic rejects them, but its
+    error echoes the input, and FastAPI's 422 handler then fails to encode it (strict JSON): a
+    500. The errors are re-raised here with each non-finite float written as a string.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def json_safe_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                raise RequestValidationError(
+                    _json_safe(exc.errors()), body=_json_safe(exc.body)
+                ) from None
+
+        return json_safe_handler
 
 
 def build_router(max_k: int) -> APIRouter:
-    """The router with ``k`` bounded by ``max_k``, which comes from config at app creation."""
-    router = APIRouter(prefix="/items", tags=["neighbors"])
+    """The neighbour routes, with ``k`` capped at ``max_k`` (from config at app creation)."""
+    router = APIRouter(tags=["neighbors"], route_class=JsonSafeErrorsRoute)
+    default_k = min(DEFAULT_K, max_k)
 
+    def capped(k: int) -> int:
+        return min(k, max_k)
+
+    # registered before GET /items/{item_id}: both take '/' in ids (sent as %2F), and Starlette
+    # tries routes in order, so '/items/a/similar' must meet this one first
     @router.get(
-        "/{item_id:path}/similar",  # :path so that ids containing '/' (sent as %2F) still match
+        "/items/{item_id:path}/similar",
         response_model=SimilarItems,
-        responses={
-            status.HTTP_404_NOT_FOUND: {"model": ErrorDetail},
-            status.HTTP_503_SERVICE_UNAVAILABLE: {"model": ErrorDetail},
-        },
+        responses={**_NOT_FOUND, **_NO_VERSION},
     )
     def similar_items(
-        item_id: str,
+        item_id: ItemIdPath,
         loaded: LoadedDep,
-        k: Annotated[int, Query(ge=1, le=max_k, description="number of neighbours")] = min(
-            DEFAULT_K, max_k
-        ),
+        k: KQuery = default_k,
+        market: MarketQuery = None,
+        exclude: ExcludeQuery = [],  # noqa: B006 -- FastAPI copies defaults per request
     ) -> SimilarItems:
+        k = capped(k)
         try:
-            neighbors = loaded.similar(item_id, k)
+            neighbors = loaded.similar(item_id, k, market=market, exclude=exclude)
         except KeyError:
-            raise HTTPException(
-                status_code=status.HTTP_404_NOT_FOUND,
-                detail=f"unknown item_id {item_id!r} in version {loaded.version}",
-            ) from None
+            raise _unknown(loaded, [item_id]) from None
         return SimilarItems(
-            version=loaded.version,
-            item_id=item_id,
-            k=k,
-            neighbors=[
-                Neighbor(item_id=n.item_id, score=n.score, market=n.market) for n in neighbors
-            ],
+            version=loaded.version, item_id=item_id, k=k, neighbors=_public(neighbors)
         )
 
+    @router.get(
+        "/items/{item_id:path}",
+        response_model=ItemVector,
+        responses={**_NOT_FOUND, **_NO_VERSION},
+    )
+    def get_item(item_id: ItemIdPath, loaded: LoadedDep) -> ItemVector:
+        row = loaded.row_of.get(item_id)
+        if row is None:
+            raise _unknown(loaded, [item_id])
+        return ItemVector(
+            version=loaded.version,
+            item_id=item_id,
+            market=loaded.markets[row],
+            vector=loaded.vectors[row].tolist(),
+            is_cold_start=_is_cold_start(loaded, row),
+        )
+
+    @router.post(
+        "/similar",
+        response_model=SimilarResult,
+        responses={
+            **_NOT_FOUND,
+            status.HTTP_409_CONFLICT: {"model": ErrorDetail},
+            **_NO_VERSION,
+        },
+    )
+    def similar_to_query(query: SimilarQuery, loaded: LoadedDep) -> SimilarResult:
+        k = capped(query.k)
+        exclude: list[str] = list(query.exclude)
+        if query.item_ids is not None:
+            unknown = [i for i in query.item_ids if i not in loaded.row_of]
+            if unknown:
+                raise _unknown(loaded, unknown)
+            rows = [loaded.row_of[i] for i in query.item_ids]
+            vector = loaded.vectors[rows].astype(np.float64).mean(axis=0)  # (dim,)
+            exclude.extend(query.item_ids)
+            if not np.any(vector):
+                raise HTTPException(
+                    status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    detail="the items' vectors cancel out: their mean has no direction",
+                )
+        else:
+            if query.version != loaded.version:
+                raise HTTPException(
+                    status_code=status.HTTP_409_CONFLICT,
+                    detail=(
+                        f"vector is from version {query.version!r} but version "
+                        f"{loaded.version} is served; vectors of different versions are not "
+                        f"comparable: fetch it again from GET /items/{{item_id}}"
+                    ),
+                )
+            vector = _rescaled(query.vector)
+        try:
+            neighbors = loaded.similar_to_vector(vector, k, market=query.market, exclude=exclude)
+        except ValueError as exc:  # wrong dim, non-finite or zero: the model says which
+            raise HTTPException(
+                status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=f"{exc} (version {loaded.version} has dim {loaded.dim})",
+            ) from None
+        return SimilarResult(version=loaded.version, k=k, neighbors=_public(neighbors))
+
+    @router.post("/similar/batch", response_model=BatchResult, responses={**_NO_VERSION})
+    def similar_batch(query: BatchQuery, loaded: LoadedDep) -> BatchResult:
+        k = capped(query.k)
+        results: list[ItemNeighbors] = []
+        unknown: list[str] = []
+        for item_id in query.item_ids:
+            if item_id not in loaded.row_of:
+                unknown.append(item_id)
+                continue
+            neighbors = loaded.similar(item_id, k, market=query.market)
+            results.append(ItemNeighbors(item_id=item_id, neighbors=_public(neighbors)))
+        return BatchResult(version=loaded.version, k=k, results=results, unknown=unknown)
+
     return router
+
+
+def _public(neighbors: Sequence[ModelNeighbor]) -> list[Neighbor]:
+    return [Neighbor(item_id=n.item_id, score=n.score, market=n.market) for n in neighbors]
+
+
+def _unknown(loaded: LoadedVersion, item_ids: Sequence[str]) -> HTTPException:
+    """404 naming the unknown ids (the first ``MAX_LISTED_UNKNOWN`` of them)."""
+    if len(item_ids) == 1:
+        detail = f"unknown item_id {item_ids[0]!r} in version {loaded.version}"
+    else:
+        listed = ", ".join(repr(i) for i in item_ids[:MAX_LISTED_UNKNOWN])
+        more = len(item_ids) - MAX_LISTED_UNKNOWN
+        detail = f"unknown item_ids {listed}{f' and {more} more' if more > 0 else ''}"
+        detail += f" in version {loaded.version}"
+    return HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=detail)
+
+
+def _rescaled(vector: Sequence[float] | None) -> np.ndarray:
+    """``vector`` divided by its largest magnitude, so its norm cannot overflow (1e308s)."""
+    values = np.asarray(vector, dtype=np.float64)  # (n,) finite: validated by SimilarQuery
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    return values / peak if peak > 0.0 else values
+
+
+def _is_cold_start(loaded: LoadedVersion, row: int) -> bool | None:
+    """The row's cold-start flag when the loaded version carries one, else None (unknown)."""
+    flags = getattr(loaded, "is_cold_start", None)
+    if flags is None:
+        return None
+    return bool(flags[row])
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (at any depth) replaced by its repr."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value

@@ -1,0 +1,369 @@
+"""Hot reload, /admin/reload, /health and /version against a real uvicorn server on 127.0.0.1.
+
+The server runs in a thread of the test process (``uvicorn.Server``), so a test can look at
+``app.state`` and patch the loader; clients talk to it over a real socket. Versions are small
+(300 items: exact search; 1,500 without a stored index: HNSW built at load time).
+"""
+
+import gc
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+import serving.app
+from embedding.checksum import file_sha256
+from embedding.config import ServingConfig
+from serving.app import create_app
+from serving.probe import free_port
+
+DIM = 16
+V1 = "20260101-aaaaaaaa"
+V2 = "20260102-bbbbbbbb"
+V3 = "20260103-cccccccc"
+POLL_S = 0.2
+SWAP_LIMIT_S = 5.0
+TOKEN_ENV = "TEST_SERVING_RELOAD_TOKEN"
+CFG = ServingConfig(poll_interval_s=POLL_S, admin_token_env=TOKEN_ENV)
+
+
+def write_version(
+    root: Path,
+    version: str,
+    n_items: int = 300,
+    *,
+    make_current: bool = True,
+    created_at: datetime | None = None,
+    seed: int = 0,
+) -> Path:
+    """A complete version (Parquet + manifest with sha256) renamed into place, then CURRENT."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n_items, DIM)).astype(np.float32)  # (n_items, DIM)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    staging = root / ".tmp" / version
+    staging.mkdir(parents=True)
+    table = pa.table(
+        {
+            "item_id": pa.array([f"item_{i:05d}" for i in range(n_items)], pa.string()),
+            "vector": pa.array(list(vectors), pa.list_(pa.float32())),
+            "market": pa.array([f"m{i % 3}" for i in range(n_items)], pa.string()),
+        }
+    )
+    pq.write_table(table, staging / "item_vectors.parquet")
+    manifest = {
+        "contract_version": 1,
+        "version": version,
+        "created_at": (created_at or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "data_interval": {"start": "2025-12-01", "end": version[:8]},
+        "dim": DIM,
+        "n_items": n_items,
+        "files": {"item_vectors.parquet": file_sha256(staging / "item_vectors.parquet")},
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    (root / "versions").mkdir(exist_ok=True)
+    staging.rename(root / "versions" / version)
+    if make_current:
+        set_current(root, version)
+    return root / "versions" / version
+
+
+def set_current(root: Path, version: str) -> None:
+    tmp = root / "CURRENT.tmp"
+    tmp.write_text(version + "\n")
+    os.replace(tmp, root / "CURRENT")  # readers never see a half-written CURRENT
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[httpx.Client]:
+    """Run ``app`` under uvicorn on a free 127.0.0.1 port until the block ends."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive(), "uvicorn stopped before it started"
+        assert time.monotonic() < deadline, "uvicorn did not start within 20 s"
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "uvicorn did not shut down"
+
+
+def wait_for_version(client: httpx.Client, version: str, limit_s: float = SWAP_LIMIT_S) -> float:
+    """Seconds until /health names ``version``; fails past ``limit_s``."""
+    started = time.monotonic()
+    while True:
+        response = client.get("/health")
+        if response.json().get("version") == version:
+            return time.monotonic() - started
+        assert time.monotonic() - started < limit_s, f"still {response.json()} after {limit_s} s"
+        time.sleep(0.05)
+
+
+# --- polling ------------------------------------------------------------------------------------
+
+
+def test_poller_picks_up_new_versions_within_seconds(tmp_path: Path) -> None:
+    app = create_app(tmp_path, CFG)
+    with serve(app) as client:
+        assert client.get("/health").json() == {"status": "no_version"}  # nothing published yet
+
+        write_version(tmp_path, V1)
+        assert wait_for_version(client, V1) < SWAP_LIMIT_S
+        old = weakref.ref(app.state.loaded)
+
+        write_version(tmp_path, V2, n_items=1500, seed=1)  # no stored index: built at load time
+        took_s = wait_for_version(client, V2)
+
+        health = client.get("/health").json()
+        similar = client.get("/items/item_01400/similar", params={"k": 3})
+    assert took_s < SWAP_LIMIT_S
+    assert (health["status"], health["version"], health["n_items"]) == ("ok", V2, 1500)
+    assert health["index"] == "built"
+    assert similar.status_code == 200 and similar.json()["version"] == V2
+    gc.collect()
+    assert old() is None  # the replaced version's memory was released
+
+
+def test_no_request_fails_while_versions_swap(tmp_path: Path) -> None:
+    write_version(tmp_path, V1)
+    write_version(tmp_path, V2, n_items=1500, make_current=False, seed=1)
+    app = create_app(tmp_path, CFG)
+    statuses: list[int] = []
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def hammer(base_url: str) -> None:
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            while not stop.is_set():
+                response = http.get("/items/item_00042/similar", params={"k": 5})
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    versions.append(response.json()["version"])
+
+    with serve(app) as client:
+        worker = threading.Thread(target=hammer, args=(str(client.base_url),))
+        worker.start()
+        try:
+            time.sleep(0.3)
+            set_current(tmp_path, V2)
+            wait_for_version(client, V2)
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            worker.join(timeout=15)
+
+    assert statuses and set(statuses) == {200}
+    switch = versions.index(V2)
+    assert switch > 0 and set(versions[:switch]) == {V1} and set(versions[switch:]) == {V2}
+
+
+def break_version(version_dir: Path, breakage: str) -> str:
+    """Damage a published version; returns what the refusal must mention."""
+    parquet = version_dir / "item_vectors.parquet"
+    manifest_path = version_dir / "manifest.json"
+    if breakage == "corrupt_parquet":  # checksum matches the damaged bytes: Parquet itself fails
+        parquet.write_bytes(b"PAR1 this is not parquet PAR1")
+        manifest = json.loads(manifest_path.read_text())
+        manifest["files"]["item_vectors.parquet"] = file_sha256(parquet)
+        manifest_path.write_text(json.dumps(manifest))
+        return "item_vectors.parquet"
+    if breakage == "checksum":
+        manifest = json.loads(manifest_path.read_text())
+        manifest["files"]["item_vectors.parquet"] = "0" * 64
+        manifest_path.write_text(json.dumps(manifest))
+        return "does not match"
+    manifest_path.unlink()
+    return "manifest.json does not exist"
+
+
+@pytest.mark.parametrize("breakage", ["corrupt_parquet", "checksum", "missing_manifest"])
+def test_broken_new_version_is_refused_and_the_old_keeps_serving(
+    tmp_path: Path, breakage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_version(tmp_path, V1)
+    expected = break_version(write_version(tmp_path, V2, make_current=False), breakage)
+    app = create_app(tmp_path, CFG)
+    with serve(app) as client, caplog.at_level(logging.ERROR, logger="serving.app"):
+        set_current(tmp_path, V2)
+        time.sleep(8 * POLL_S)  # several polls
+        health = client.get("/health")
+        similar = client.get("/items/item_00001/similar")
+        admin = client.post("/admin/reload", params={"version": V2})
+
+        write_version(tmp_path, V3, seed=3)  # a good version after the broken one is served
+        wait_for_version(client, V3)
+
+    assert (health.status_code, health.json()["status"], health.json()["version"]) == (
+        200,
+        "ok",
+        V1,
+    )
+    assert similar.status_code == 200 and similar.json()["version"] == V1
+    assert admin.status_code == 409
+    assert admin.json()["version"] == V1 and expected in admin.json()["detail"]
+    refusals = [r.getMessage() for r in caplog.records if "refusing version" in r.getMessage()]
+    assert len(refusals) == 2  # once by the poller (not at every poll), once for the admin call
+    assert all(V2 in message and expected in message for message in refusals)
+
+
+# --- /admin/reload ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """V1 current, V2 published beside it; no admin token set."""
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    write_version(tmp_path, V1)
+    write_version(tmp_path, V2, make_current=False, seed=1)
+    return tmp_path
+
+
+def test_admin_reload_from_loopback_needs_no_token(two_versions: Path) -> None:
+    tmp_path = two_versions
+    app = create_app(tmp_path, CFG.model_copy(update={"poll_interval_s": 0}))  # no poller
+    with serve(app) as client:
+        to_v2 = client.post("/admin/reload", params={"version": V2})
+        served = client.get("/health").json()["version"]
+        back = client.post("/admin/reload")  # CURRENT's version
+        again = client.post("/admin/reload")
+
+    assert to_v2.status_code == 200
+    body = to_v2.json()
+    assert (body["version"], body["previous"], body["changed"]) == (V2, V1, True)
+    assert 0 < body["load_s"] < SWAP_LIMIT_S
+    assert served == V2
+    assert (back.json()["version"], back.json()["previous"]) == (V1, V2)
+    assert (again.json()["version"], again.json()["changed"]) == (V1, False)
+
+
+def test_a_version_loaded_on_demand_stays_until_current_moves(two_versions: Path) -> None:
+    tmp_path = two_versions
+    with serve(create_app(tmp_path, CFG)) as client:  # polling every POLL_S
+        assert client.post("/admin/reload", params={"version": V2}).status_code == 200
+        time.sleep(5 * POLL_S)
+        pinned = client.get("/health").json()["version"]
+        write_version(tmp_path, V3, seed=3)
+        took_s = wait_for_version(client, V3)
+    assert pinned == V2  # the poller did not undo the explicit reload
+    assert took_s < SWAP_LIMIT_S
+
+
+def test_admin_reload_needs_the_token_when_one_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, "s3cret-token")
+    write_version(tmp_path, V1)
+    write_version(tmp_path, V2, make_current=False, seed=1)
+    app = create_app(tmp_path, CFG.model_copy(update={"poll_interval_s": 0}))
+    with serve(app) as client:
+        missing = client.post("/admin/reload", params={"version": V2})
+        wrong = client.post(
+            "/admin/reload", params={"version": V2}, headers={"Authorization": "Bearer nope"}
+        )
+        served = client.get("/health").json()["version"]
+        right = client.post(
+            "/admin/reload",
+            params={"version": V2},
+            headers={"Authorization": "Bearer s3cret-token"},
+        )
+
+    assert (missing.status_code, wrong.status_code) == (403, 403)
+    assert "Bearer" in missing.json()["detail"]
+    assert served == V1
+    assert right.status_code == 200 and right.json()["version"] == V2
+
+
+def test_admin_reload_refuses_remote_clients_without_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    write_version(tmp_path, V1)
+    with TestClient(create_app(tmp_path, CFG)) as test_client:  # client host "testclient"
+        response = test_client.post("/admin/reload")
+    assert response.status_code == 403
+    assert "loopback" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("version", ["../x", "..", "/etc/passwd", ".hidden", "a/b", "a\\b"])
+def test_admin_reload_rejects_a_path_before_reading_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    write_version(tmp_path, V1)
+    app = create_app(tmp_path, CFG.model_copy(update={"poll_interval_s": 0}))
+    calls: list[object] = []
+    real_load = serving.app.load_version
+    with serve(app) as client:
+        monkeypatch.setattr(
+            serving.app, "load_version", lambda *a, **k: calls.append(a) or real_load(*a, **k)
+        )
+        response = client.post("/admin/reload", params={"version": version})
+        served = client.get("/health").json()["version"]
+    assert response.status_code == 422
+    assert calls == []  # refused before anything was read
+    assert served == V1
+
+
+# --- /health and /version -----------------------------------------------------------------------
+
+
+def test_health_is_stale_past_the_age_limit(tmp_path: Path) -> None:
+    write_version(tmp_path, V1, created_at=datetime.now(UTC) - timedelta(hours=3))
+    strict = CFG.model_copy(update={"max_version_age_hours": 1.0, "poll_interval_s": 0})
+    with serve(create_app(tmp_path, strict)) as client:
+        stale = client.get("/health")
+    no_limit = CFG.model_copy(update={"max_version_age_hours": None, "poll_interval_s": 0})
+    with serve(create_app(tmp_path, no_limit)) as client:
+        fine = client.get("/health")
+
+    assert stale.status_code == 503
+    body = stale.json()
+    assert (body["status"], body["version"], body["index"]) == ("stale", V1, "exact")
+    assert 3 * 3600 - 60 < body["age_s"] < 3 * 3600 + 60
+    assert fine.status_code == 200 and fine.json()["status"] == "ok"
+
+
+def test_version_describes_the_served_version(tmp_path: Path) -> None:
+    created = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    write_version(tmp_path, V1, created_at=created)
+    before = datetime.now(UTC)
+    with serve(create_app(tmp_path, CFG)) as client:
+        response = client.get("/version")
+        health = client.get("/health").json()
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["version"] == V1
+    assert datetime.fromisoformat(body["created_at"]) == created
+    assert body["data_interval"] == {"start": "2025-12-01", "end": "20260101"}
+    assert before <= datetime.fromisoformat(body["loaded_at"]) <= datetime.now(UTC)
+    assert (body["n_items"], body["dim"], body["index"]) == (300, DIM, "exact")
+    assert health["status"] == "ok" and 290 < health["age_s"] < 400
+
+
+def test_version_without_a_loaded_version_is_503(tmp_path: Path) -> None:
+    with serve(create_app(tmp_path, CFG)) as client:
+        response = client.get("/version")
+    assert response.status_code == 503
