@@ -13,6 +13,9 @@ version they started with, and the old version's memory goes once the last of th
 A version that fails its checks is logged once and refused; the old one keeps serving, and the
 poller does not retry it until ``CURRENT`` names something else. A version loaded on demand
 (``?version=``) likewise stays served until ``CURRENT`` moves.
+
+Every request is counted and timed by ``serving.routes.metrics.MetricsMiddleware`` (``GET
+/metrics``), and every route's 422 is valid JSON even when the rejected input holds NaN.
 """
 
 import asyncio
@@ -26,7 +29,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from embedding import __version__
@@ -38,7 +44,8 @@ from serving.model import (
     load_version,
     read_current,
 )
-from serving.routes import admin, health, neighbors
+from serving.routes import admin, health, metrics, neighbors
+from serving.routes.neighbors import _json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +98,14 @@ class Reloader:
                     load_version, root, version, self.app.state.serving_cfg
                 )
             except VersionLoadError as exc:
+                self.app.state.metrics.count_reload("refused")
                 logger.error(
                     "refusing version %s, still serving %s: %s", version, previous or "none", exc
                 )
                 raise
             load_s = time.perf_counter() - started
             swap(self.app, loaded)
+            self.app.state.metrics.count_reload("ok")
             del loaded
             if explicit:  # pinned until CURRENT names something else
                 with contextlib.suppress(VersionLoadError):
@@ -176,10 +185,27 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
     app.state.loaded = None  # the one reference handlers read and reload swaps
     app.state.loaded_at = None  # (version, when it was swapped in)
     app.state.reloader = None  # set by the lifespan
+    app.state.metrics = metrics.Metrics()
+    app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics)
+    app.add_exception_handler(RequestValidationError, json_safe_validation_error)
     app.include_router(health.router)
     app.include_router(neighbors.build_router(cfg.max_k))
     app.include_router(admin.router)
+    app.include_router(metrics.router)
     return app
+
+
+async def json_safe_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, with NaN/infinities in the echoed input written as strings.
+
+    Starlette parses ``NaN``/``Infinity`` in JSON bodies and pydantic echoes the rejected input,
+    which FastAPI's own handler cannot encode as strict JSON (a 500). Every route, not only the
+    neighbour routes (``JsonSafeErrorsRoute``), gets a valid JSON 422 this way.
+    """
+    if not isinstance(exc, RequestValidationError):  # registered for that class only
+        raise exc
+    safe = RequestValidationError(_json_safe(exc.errors()), body=_json_safe(exc.body))
+    return await request_validation_exception_handler(request, safe)
 
 
 def swap(app: FastAPI, loaded: LoadedVersion) -> None:
