@@ -204,6 +204,15 @@ class ServingConfig(_Frozen):
     max_version_age_hours: float | None = Field(48.0, gt=0)
     # env var holding the token for POST /admin/reload; unset: loopback clients only
     admin_token_env: str = "EMBEDDING_ADMIN_TOKEN"
+    # item ids never returned (text: one per line, or Parquet with item_id); reread when it
+    # changes, at each poll; relative paths are from the project root (None: no blocklist)
+    blocklist_path: str | None = None
+
+    def blocklist_file(self) -> Path | None:
+        if self.blocklist_path is None:
+            return None
+        path = Path(self.blocklist_path).expanduser()
+        return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
 
 
 class PublishConfig(_Frozen):

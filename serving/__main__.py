@@ -28,6 +28,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default=None, help="bind address (default: serving.host)")
     parser.add_argument("--port", type=int, default=None, help="port (default: serving.port)")
+    parser.add_argument(
+        "--blocklist",
+        type=Path,
+        default=None,
+        help="item ids never returned, one per line (default: serving.blocklist_path); "
+        "reread whenever it changes",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     return parser.parse_args(argv)
 
@@ -60,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except EmbeddingError as exc:
         fail(str(exc))
         return 2
+    if args.blocklist is not None:
+        serving_cfg = serving_cfg.model_copy(
+            update={"blocklist_path": str(args.blocklist.resolve())}
+        )
     host = args.host or serving_cfg.host
     port = args.port if args.port is not None else serving_cfg.port
     if not 0 < port < 65536:

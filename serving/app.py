@@ -14,6 +14,9 @@ A version that fails its checks is logged once and refused; the old one keeps se
 poller does not retry it until ``CURRENT`` names something else. A version loaded on demand
 (``?version=``) likewise stays served until ``CURRENT`` moves.
 
+The blocklist file (``ServingConfig.blocklist_path``) is reread at each poll when it changed,
+and by ``POST /admin/reload``; a bad file is refused and the previous list stays in force.
+
 Every request is counted and timed by ``serving.routes.metrics.MetricsMiddleware`` (``GET
 /metrics``), and every route's 422 is valid JSON even when the rejected input holds NaN.
 """
@@ -37,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 
 from embedding import __version__
 from embedding.config import ServingConfig
+from serving.blocklist import BlocklistWatcher
 from serving.model import (
     LoadedVersion,
     NoCurrentVersionError,
@@ -138,9 +142,11 @@ class Reloader:
             return None  # logged by load; retried only when CURRENT changes
 
     async def poll_forever(self, interval_s: float) -> None:
+        watcher: BlocklistWatcher = self.app.state.blocklist
         while True:
             await asyncio.sleep(interval_s)
             try:
+                await asyncio.to_thread(watcher.check)
                 await self.poll_once()
             except asyncio.CancelledError:
                 raise
@@ -155,6 +161,7 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(app.state.blocklist.check)
         try:  # in a worker thread: building a large index must not block the event loop
             await run_in_threadpool(reload, app)
         except NoCurrentVersionError as exc:
@@ -186,6 +193,7 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
     app.state.loaded_at = None  # (version, when it was swapped in)
     app.state.reloader = None  # set by the lifespan
     app.state.metrics = metrics.Metrics()
+    app.state.blocklist = BlocklistWatcher(cfg.blocklist_file())
     app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics)
     app.add_exception_handler(RequestValidationError, json_safe_validation_error)
     app.include_router(health.router)

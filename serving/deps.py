@@ -6,6 +6,7 @@
 
 from typing import Annotated
 
+import numpy as np
 from fastapi import Depends, HTTPException, Request, status
 
 from serving.model import LoadedVersion
@@ -26,4 +27,12 @@ def get_loaded(request: Request) -> LoadedVersion:
 
 
 LoadedDep = Annotated[LoadedVersion, Depends(get_loaded)]
+
+
+def get_blocked_rows(request: Request, loaded: LoadedDep) -> np.ndarray:
+    """Rows of the served version that the blocklist in force withholds (cached per version)."""
+    return request.app.state.blocklist.current.rows_for(loaded)
+
+
+BlockedRowsDep = Annotated[np.ndarray, Depends(get_blocked_rows)]
 MaybeLoadedDep = Annotated[LoadedVersion | None, Depends(get_loaded_or_none)]

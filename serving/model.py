@@ -67,6 +67,8 @@ MAX_ANN_FETCH = 4096  # filters still short after this many candidates: search t
 _VERSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name, never a path
 
 IndexSource = Literal["prebuilt", "built", "exact"]
+_NO_ROWS = np.empty(0, dtype=np.int64)
+_NO_ROWS.setflags(write=False)
 
 
 class VersionLoadError(EmbeddingError):
@@ -102,6 +104,9 @@ class LoadedVersion:
     row_of: Mapping[str, int] = field(repr=False)
     vectors: np.ndarray = field(repr=False)  # (n_items, dim) float32, read-only, unit rows
     markets: tuple[str | None, ...] = field(repr=False)
+    # (n_items,) bool, read-only: the publisher inferred the row's vector for a cold-start
+    # item; None when the version's Parquet has no is_cold_start column
+    is_cold_start: np.ndarray | None = field(default=None, repr=False)
     index: Any = field(default=None, repr=False)  # hnswlib.Index | None
     index_source: IndexSource = "exact"
     index_load_s: float = 0.0
@@ -142,6 +147,7 @@ class LoadedVersion:
         market: str | None = None,
         exclude: Collection[str] = (),
         blocklist: Collection[str] = (),
+        blocked_rows: np.ndarray = _NO_ROWS,
     ) -> list[Neighbor]:
         """The ``k`` items most similar to ``item_id`` (itself excluded), best first.
 
@@ -149,6 +155,8 @@ class LoadedVersion:
             market: only items of this market (None: any market).
             exclude, blocklist: item ids never returned (e.g. already seen; withdrawn);
                 ids not in this version are ignored.
+            blocked_rows: sorted unique row numbers never returned, for a long blocklist
+                turned into rows once (``serving.blocklist.Blocklist.rows_for``).
 
         Fewer than ``k`` come back only when fewer than ``k`` items pass the filters.
 
@@ -157,7 +165,8 @@ class LoadedVersion:
             ValueError: ``k`` is below 1.
         """
         row = self.row_of[item_id]
-        return self._search(self.vectors[row], k, market, self._drop_rows(exclude, blocklist, row))
+        drop_rows = self._drop_rows(exclude, blocklist, row)
+        return self._search(self.vectors[row], k, market, drop_rows, blocked_rows)
 
     def similar_to_vector(
         self,
@@ -166,6 +175,7 @@ class LoadedVersion:
         market: str | None = None,
         exclude: Collection[str] = (),
         blocklist: Collection[str] = (),
+        blocked_rows: np.ndarray = _NO_ROWS,
     ) -> list[Neighbor]:
         """The ``k`` items most similar to ``vector`` (normalised here), best first.
 
@@ -187,7 +197,7 @@ class LoadedVersion:
         if norm == 0.0:
             raise ValueError("vector is all zeros: it has no direction to compare")
         query = (query / norm).astype(np.float32)  # (dim,)
-        return self._search(query, k, market, self._drop_rows(exclude, blocklist))
+        return self._search(query, k, market, self._drop_rows(exclude, blocklist), blocked_rows)
 
     def _drop_rows(
         self, exclude: Collection[str], blocklist: Collection[str], query_row: int | None = None
@@ -202,8 +212,14 @@ class LoadedVersion:
         return np.unique(np.asarray(rows, dtype=np.int64))  # (n_dropped,)
 
     def _search(
-        self, query: np.ndarray, k: int, market: str | None, drop_rows: np.ndarray
+        self,
+        query: np.ndarray,
+        k: int,
+        market: str | None,
+        drop_rows: np.ndarray,
+        blocked_rows: np.ndarray = _NO_ROWS,
     ) -> list[Neighbor]:
+        """``drop_rows`` (few, per request) and ``blocked_rows`` (maybe many): sorted, unique."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         pool = None if market is None else self._market_rows.get(market)  # None: every row
@@ -213,19 +229,22 @@ class LoadedVersion:
         n_eligible = pool_size - int(
             np.isin(drop_rows, pool).sum() if pool is not None else len(drop_rows)
         )
+        # n_eligible ignores blocked_rows: an upper bound; too few candidates widen the fetch
         if self.index is None or n_eligible <= k or pool_size < EXACT_SEARCH_MAX_ITEMS:
-            return self._exact(query, k, pool, drop_rows)
+            return self._exact(query, k, pool, _union(drop_rows, blocked_rows))
         market_code = None if pool is None else int(self._market_codes[pool[0]])
         n_wanted = max(k * self.candidate_factor, k + MIN_EXTRA_CANDIDATES)
         # a market filter keeps about pool_size / n_items of the candidates: fetch that more
         n_fetch = min(-(-n_wanted * self.n_items // pool_size), self.n_items)
         while True:
             if n_fetch > MAX_ANN_FETCH:  # a rare market or a long exclude list: go exact
-                return self._exact(query, k, pool, drop_rows)
+                return self._exact(query, k, pool, _union(drop_rows, blocked_rows))
             candidates = self._ann_candidates(query, n_fetch)  # (<= n_fetch,) row numbers
             if market_code is not None:
                 candidates = candidates[self._market_codes[candidates] == market_code]
-            candidates = candidates[~np.isin(candidates, drop_rows)]
+            candidates = candidates[
+                _absent(candidates, drop_rows) & _absent(candidates, blocked_rows)
+            ]
             if len(candidates) >= k or n_fetch >= self.n_items:
                 return self._rank(query, candidates, k)
             n_fetch = min(2 * n_fetch, self.n_items)
@@ -269,6 +288,18 @@ class LoadedVersion:
             key=lambda pair: (-pair[1], self.ids[pair[0]]),  # ties broken by id: reproducible
         )
         return [Neighbor(self.ids[r], float(s), self.markets[r]) for r, s in ranked[:k]]
+
+
+def _absent(rows: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:
+    """(len(rows),) bool: each row is not in ``sorted_rows``; O(len(rows) log len(sorted_rows))."""
+    if not len(sorted_rows):
+        return np.ones(len(rows), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
+    return sorted_rows[at] != rows
+
+
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a if not len(b) else (b if not len(a) else np.union1d(a, b))
 
 
 def read_current(publish_root: Path) -> str:
@@ -324,7 +355,7 @@ def load_version(
     dim = _manifest_int(manifest, "dim", version_dir)
     vectors_path = version_dir / VECTORS_FILE
     _verify_checksums(vectors_path, manifest, version_dir)
-    ids, vectors, markets = _read_vectors(vectors_path, dim)
+    ids, vectors, markets, cold_start = _read_vectors(vectors_path, dim)
 
     n_items = _manifest_int(manifest, "n_items", version_dir)
     if n_items != len(ids):
@@ -345,6 +376,7 @@ def load_version(
         row_of=MappingProxyType(row_of),
         vectors=vectors,
         markets=tuple(markets),
+        is_cold_start=cold_start,
         index=index,
         index_source=index_source,
         index_load_s=index_load_s,
@@ -493,8 +525,10 @@ def _is_data_part(path: Path) -> bool:
     return not path.name.startswith(("_", ".")) and not path.name.endswith(".crc")
 
 
-def _read_vectors(vectors_path: Path, dim: int) -> tuple[list[str], np.ndarray, list[str | None]]:
-    """(ids, vectors (n, dim) float32, markets) from the Parquet file, shapes checked."""
+def _read_vectors(
+    vectors_path: Path, dim: int
+) -> tuple[list[str], np.ndarray, list[str | None], np.ndarray | None]:
+    """(ids, vectors (n, dim) float32, markets, is_cold_start (n,) bool or None) from Parquet."""
     try:
         table = pq.read_table(vectors_path)
     except (OSError, pa.ArrowException) as exc:
@@ -520,7 +554,19 @@ def _read_vectors(vectors_path: Path, dim: int) -> tuple[list[str], np.ndarray, 
         markets = [None if m is None else str(m) for m in table.column("market").to_pylist()]
     else:
         markets = [None] * table.num_rows
-    return item_ids.to_pylist(), vectors, markets
+    return item_ids.to_pylist(), vectors, markets, _cold_start_flags(table, vectors_path)
+
+
+def _cold_start_flags(table: pa.Table, vectors_path: Path) -> np.ndarray | None:
+    """The optional ``is_cold_start`` column as a read-only bool array (null: False)."""
+    if "is_cold_start" not in table.column_names:
+        return None
+    column = table.column("is_cold_start")
+    if not pa.types.is_boolean(column.type):
+        raise VersionLoadError(f"{vectors_path}: 'is_cold_start' is {column.type}, expected bool")
+    flags = column.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)  # (n_items,)
+    flags.setflags(write=False)
+    return flags
 
 
 def _vectors_to_numpy(column: pa.Array, dim: int, vectors_path: Path) -> np.ndarray:

@@ -93,3 +93,6 @@ class ItemVector(BaseModel):
     is_cold_start: bool | None = Field(
         None, description="whether the vector was inferred for a cold-start item; null if unknown"
     )
+    is_blocked: bool = Field(
+        False, description="on the service's blocklist: never returned as a neighbour"
+    )

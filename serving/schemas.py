@@ -28,6 +28,10 @@ class VersionInfo(BaseModel):
     dim: int
     index: str
     index_load_s: float
+    blocklist_items: int = Field(0, description="ids on the blocklist in force")
+    blocklist_loaded_at: datetime | None = Field(
+        None, description="when the blocklist in force was read (None: no blocklist file)"
+    )
 
 
 class Reloaded(BaseModel):
@@ -35,6 +39,7 @@ class Reloaded(BaseModel):
     previous: str | None = Field(description="version served before it (None: none was)")
     changed: bool = Field(description="false: the version asked for was already served")
     load_s: float = Field(description="seconds spent reading, verifying and indexing it")
+    blocklist_items: int = Field(0, description="ids on the blocklist in force after the reload")
 
 
 class ReloadRefused(BaseModel):

@@ -312,6 +312,28 @@ def test_exclude_and_blocklist_are_respected_and_k_still_comes_back(
         loaded.similar(query_id, 10, exclude=query_id)
 
 
+@pytest.mark.parametrize("market", [None, "north"])
+def test_blocked_rows_are_never_returned_and_k_still_comes_back(
+    loaded: LoadedVersion, market: str | None
+) -> None:
+    query_id = loaded.ids[3]
+    nearest = [n.item_id for n in loaded.similar(query_id, 80, market=market)]
+    blocked = nearest[:70]  # far beyond the first ANN fetch: the fetch must widen
+    rows = np.unique([loaded.row_of[i] for i in blocked])
+
+    neighbors = loaded.similar(query_id, 10, market=market, blocked_rows=rows)
+    by_vector = loaded.similar_to_vector(loaded.vectors[3], 10, market=market, blocked_rows=rows)
+
+    drop = {query_id, *blocked}
+    expected = brute_force(loaded, loaded.vectors[3], 10, market, drop)
+    assert [n.item_id for n in neighbors] == expected
+    assert [n.item_id for n in by_vector] == brute_force(
+        loaded, loaded.vectors[3], 10, market, set(blocked)
+    )  # the query item itself is not excluded from a vector query
+    everything = np.arange(loaded.n_items)
+    assert loaded.similar(query_id, 10, blocked_rows=everything) == []
+
+
 def test_similar_to_vector_normalises_and_checks_the_query(loaded: LoadedVersion) -> None:
     query = loaded.vectors[42] * 3.0  # any length: normalised before search
 

@@ -1,5 +1,7 @@
 """``POST /admin/reload[?version=]``: load a published version now and swap it in.
 
+It also rereads the blocklist file (``serving.blocklist``), changed or not.
+
 Who may call it: when the env var named by ``ServingConfig.admin_token_env`` holds a token,
 only requests with ``Authorization: Bearer <token>``; otherwise only loopback clients
 (127.0.0.1, ::1). Behind a reverse proxy on the same host every client looks like loopback:
@@ -8,6 +10,7 @@ worker thread, the old version serving until the new one is complete. A version 
 checks answers 409 with the reason and the version still served.
 """
 
+import asyncio
 import hmac
 import os
 from typing import Annotated
@@ -68,6 +71,7 @@ async def reload_version(
     reloader = request.app.state.reloader
     if reloader is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="service is starting")
+    await asyncio.to_thread(request.app.state.blocklist.check, True)
     try:
         result = await reloader.load(version)
     except VersionLoadError as exc:
@@ -80,4 +84,5 @@ async def reload_version(
         previous=result.previous,
         changed=result.changed,
         load_s=round(result.load_s, 4),
+        blocklist_items=len(request.app.state.blocklist.current),
     )

@@ -81,4 +81,6 @@ def version(loaded: MaybeLoadedDep, request: Request) -> VersionInfo:
         dim=loaded.dim,
         index=loaded.index_source,
         index_load_s=round(loaded.index_load_s, 4),
+        blocklist_items=len(request.app.state.blocklist.current),
+        blocklist_loaded_at=request.app.state.blocklist.current.loaded_at,
     )

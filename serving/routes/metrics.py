@@ -7,7 +7,8 @@ Exposed (text exposition format 0.0.4, written here: no client library):
 - ``embedding_version_info{version}`` (1), ``embedding_version_age_seconds`` (from the
   manifest's ``created_at``) and ``embedding_index_items``: only while a version is loaded;
 - ``embedding_reloads_total{outcome="ok|refused"}``: hot reloads (poller and
-  ``POST /admin/reload``), not the startup load.
+  ``POST /admin/reload``), not the startup load;
+- ``embedding_blocklist_items``: ids on the blocklist in force, when a blocklist is configured.
 
 ``route`` is the route's template (``/items/{item_id:path}/similar``), never the raw path, so
 the label set stays bounded; requests no route matched share ``route="<unmatched>"``.
@@ -60,7 +61,7 @@ class Metrics:
         with self._lock:
             self._reloads[outcome] = self._reloads.get(outcome, 0) + 1
 
-    def render(self, loaded: LoadedVersion | None) -> str:
+    def render(self, loaded: LoadedVersion | None, blocklist_items: int | None = None) -> str:
         with self._lock:
             requests = sorted(self._requests.items())
             durations = sorted((r, [list(h[0]), h[1], h[2]]) for r, h in self._durations.items())
@@ -97,6 +98,9 @@ class Metrics:
                 lines.append(f"embedding_version_age_seconds {_number(age)}")
             _family(lines, "embedding_index_items", "gauge", "Items in the served version.")
             lines.append(f"embedding_index_items {loaded.n_items}")
+        if blocklist_items is not None:
+            _family(lines, "embedding_blocklist_items", "gauge", "Ids on the blocklist in force.")
+            lines.append(f"embedding_blocklist_items {blocklist_items}")
         return "\n".join(lines) + "\n"
 
 
@@ -130,7 +134,9 @@ class MetricsMiddleware:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
 async def metrics(request: Request) -> Response:
-    body = request.app.state.metrics.render(request.app.state.loaded)
+    blocklist = request.app.state.blocklist
+    items = None if blocklist.path is None else len(blocklist.current)
+    body = request.app.state.metrics.render(request.app.state.loaded, items)
     return Response(content=body, media_type=CONTENT_TYPE)
 
 

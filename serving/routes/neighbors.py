@@ -6,6 +6,9 @@
   vector taken from the served version (another version's vector: 409).
 - ``POST /similar/batch``: each of many items' own neighbours; unknown ids are listed, not fatal.
 
+No answer ever holds an item of the blocklist in force (``serving.blocklist``); a blocked item
+can still be the query, and ``GET /items/{item_id}`` says ``is_blocked``.
+
 Errors are JSON: 404 for an unknown item, 409 for a vector of another version, 422 for bad
 parameters (``k`` below 1, oversized lists or ids, a vector of the wrong dim, non-finite or zero),
 503 while no version is loaded. ``k`` above ``max_k`` is capped, and the answer's ``k`` says the
@@ -22,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import StringConstraints
 
-from serving.deps import LoadedDep
+from serving.deps import BlockedRowsDep, LoadedDep
 from serving.model import LoadedVersion
 from serving.model import Neighbor as ModelNeighbor
 from serving.requests import (
@@ -96,13 +99,16 @@ def build_router(max_k: int) -> APIRouter:
     def similar_items(
         item_id: ItemIdPath,
         loaded: LoadedDep,
+        blocked: BlockedRowsDep,
         k: KQuery = default_k,
         market: MarketQuery = None,
         exclude: ExcludeQuery = [],  # noqa: B006 -- FastAPI copies defaults per request
     ) -> SimilarItems:
         k = capped(k)
         try:
-            neighbors = loaded.similar(item_id, k, market=market, exclude=exclude)
+            neighbors = loaded.similar(
+                item_id, k, market=market, exclude=exclude, blocked_rows=blocked
+            )
         except KeyError:
             raise _unknown(loaded, [item_id]) from None
         return SimilarItems(
@@ -114,7 +120,7 @@ def build_router(max_k: int) -> APIRouter:
         response_model=ItemVector,
         responses={**_NOT_FOUND, **_NO_VERSION},
     )
-    def get_item(item_id: ItemIdPath, loaded: LoadedDep) -> ItemVector:
+    def get_item(item_id: ItemIdPath, loaded: LoadedDep, request: Request) -> ItemVector:
         row = loaded.row_of.get(item_id)
         if row is None:
             raise _unknown(loaded, [item_id])
@@ -123,7 +129,8 @@ def build_router(max_k: int) -> APIRouter:
             item_id=item_id,
             market=loaded.markets[row],
             vector=loaded.vectors[row].tolist(),
-            is_cold_start=_is_cold_start(loaded, row),
+            is_cold_start=None if loaded.is_cold_start is None else bool(loaded.is_cold_start[row]),
+            is_blocked=item_id in request.app.state.blocklist.current,
         )
 
     @router.post(
@@ -135,7 +142,9 @@ def build_router(max_k: int) -> APIRouter:
             **_NO_VERSION,
         },
     )
-    def similar_to_query(query: SimilarQuery, loaded: LoadedDep) -> SimilarResult:
+    def similar_to_query(
+        query: SimilarQuery, loaded: LoadedDep, blocked: BlockedRowsDep
+    ) -> SimilarResult:
         k = capped(query.k)
         exclude: list[str] = list(query.exclude)
         if query.item_ids is not None:
@@ -162,7 +171,9 @@ def build_router(max_k: int) -> APIRouter:
                 )
             vector = _rescaled(query.vector)
         try:
-            neighbors = loaded.similar_to_vector(vector, k, market=query.market, exclude=exclude)
+            neighbors = loaded.similar_to_vector(
+                vector, k, market=query.market, exclude=exclude, blocked_rows=blocked
+            )
         except ValueError as exc:  # wrong dim, non-finite or zero: the model says which
             raise HTTPException(
                 status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -171,7 +182,7 @@ def build_router(max_k: int) -> APIRouter:
         return SimilarResult(version=loaded.version, k=k, neighbors=_public(neighbors))
 
     @router.post("/similar/batch", response_model=BatchResult, responses={**_NO_VERSION})
-    def similar_batch(query: BatchQuery, loaded: LoadedDep) -> BatchResult:
+    def similar_batch(query: BatchQuery, loaded: LoadedDep, blocked: BlockedRowsDep) -> BatchResult:
         k = capped(query.k)
         results: list[ItemNeighbors] = []
         unknown: list[str] = []
@@ -179,7 +190,7 @@ def build_router(max_k: int) -> APIRouter:
             if item_id not in loaded.row_of:
                 unknown.append(item_id)
                 continue
-            neighbors = loaded.similar(item_id, k, market=query.market)
+            neighbors = loaded.similar(item_id, k, market=query.market, blocked_rows=blocked)
             results.append(ItemNeighbors(item_id=item_id, neighbors=_public(neighbors)))
         return BatchResult(version=loaded.version, k=k, results=results, unknown=unknown)
 
@@ -207,14 +218,6 @@ def _rescaled(vector: Sequence[float] | None) -> np.ndarray:
     values = np.asarray(vector, dtype=np.float64)  # (n,) finite: validated by SimilarQuery
     peak = float(np.max(np.abs(values))) if values.size else 0.0
     return values / peak if peak > 0.0 else values
-
-
-def _is_cold_start(loaded: LoadedVersion, row: int) -> bool | None:
-    """The row's cold-start flag when the loaded version carries one, else None (unknown)."""
-    flags = getattr(loaded, "is_cold_start", None)
-    if flags is None:
-        return None
-    return bool(flags[row])
 
 
 def _json_safe(value: Any) -> Any:
