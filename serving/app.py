@@ -107,6 +107,8 @@ class Reloader:
                     "refusing version %s, still serving %s: %s", version, previous or "none", exc
                 )
                 raise
+            # blocked rows of the new version, computed here rather than by its first request
+            await asyncio.to_thread(self.app.state.blocklist.current.rows_for, loaded)
             load_s = time.perf_counter() - started
             swap(self.app, loaded)
             self.app.state.metrics.count_reload("ok")
@@ -146,7 +148,7 @@ class Reloader:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await asyncio.to_thread(watcher.check)
+                await asyncio.to_thread(watcher.check, False, self.app.state.loaded)
                 await self.poll_once()
             except asyncio.CancelledError:
                 raise
@@ -233,5 +235,6 @@ def reload(app: FastAPI, version: str | None = None) -> LoadedVersion:
     serving what it had; handlers that already took the old version finish with it.
     """
     loaded = load_version(app.state.publish_root, version, app.state.serving_cfg)
+    app.state.blocklist.current.rows_for(loaded)
     swap(app, loaded)
     return loaded

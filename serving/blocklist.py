@@ -74,7 +74,8 @@ class Blocklist:
                 found = [loaded.row_of[i] for i in self.ids if i in loaded.row_of]
                 rows = np.unique(np.asarray(found, dtype=np.int64))  # (n_blocked_here,)
                 rows.setflags(write=False)
-                self._rows.clear()  # one version is served at a time: keep only its rows
+                while len(self._rows) >= 2:  # the served version and the one swapping in
+                    self._rows.pop(next(iter(self._rows)))
                 self._rows[loaded.version] = rows
         return rows
 
@@ -143,8 +144,11 @@ class BlocklistWatcher:
         self.current = Blocklist(path=path)
         self._problem: str | None = None  # the last refusal, logged once
 
-    def check(self, force: bool = False) -> bool:
+    def check(self, force: bool = False, loaded: LoadedVersion | None = None) -> bool:
         """Reread the file if it changed (or ``force``); True when a new list was swapped in.
+
+        ``loaded``: the version served, whose blocked rows are computed before the swap, so
+        no request pays for it.
 
         Never raises for a bad file: the reason is logged (once per problem) and the previous
         list stays in force.
@@ -165,7 +169,10 @@ class BlocklistWatcher:
             return False
         self._problem = None
         previous = len(self.current)
-        self.current = Blocklist(ids, self.path, stamp, datetime.now(UTC))
+        blocklist = Blocklist(ids, self.path, stamp, datetime.now(UTC))
+        if loaded is not None:
+            blocklist.rows_for(loaded)
+        self.current = blocklist
         logger.info(
             "blocklist %s: %d ids (was %d), read in %.3f s",
             self.path,

@@ -2,6 +2,9 @@
 
 ``app.state.loaded`` is the single reference a reload swaps; a handler takes it once through
 ``LoadedDep`` and uses that object for the whole request, so one answer never mixes versions.
+
+They are ``async``: they only read attributes, and a sync dependency would cost a hop to the
+threadpool and back on every request (FastAPI runs sync dependencies in worker threads).
 """
 
 from typing import Annotated
@@ -12,11 +15,11 @@ from fastapi import Depends, HTTPException, Request, status
 from serving.model import LoadedVersion
 
 
-def get_loaded_or_none(request: Request) -> LoadedVersion | None:
+async def get_loaded_or_none(request: Request) -> LoadedVersion | None:
     return request.app.state.loaded
 
 
-def get_loaded(request: Request) -> LoadedVersion:
+async def get_loaded(request: Request) -> LoadedVersion:
     loaded = request.app.state.loaded
     if loaded is None:
         raise HTTPException(
@@ -29,8 +32,9 @@ def get_loaded(request: Request) -> LoadedVersion:
 LoadedDep = Annotated[LoadedVersion, Depends(get_loaded)]
 
 
-def get_blocked_rows(request: Request, loaded: LoadedDep) -> np.ndarray:
-    """Rows of the served version that the blocklist in force withholds (cached per version)."""
+async def get_blocked_rows(request: Request, loaded: LoadedDep) -> np.ndarray:
+    """Rows of the served version that the blocklist in force withholds (cached per version;
+    the reloader and the blocklist watcher fill the cache in a worker thread before a swap)."""
     return request.app.state.blocklist.current.rows_for(loaded)
 
 

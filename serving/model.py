@@ -283,11 +283,16 @@ class LoadedVersion:
         return self._ranked(candidates, scores, k)
 
     def _ranked(self, rows: np.ndarray, scores: np.ndarray, k: int) -> list[Neighbor]:
-        ranked = sorted(
-            zip(rows.tolist(), scores.tolist(), strict=True),
-            key=lambda pair: (-pair[1], self.ids[pair[0]]),  # ties broken by id: reproducible
-        )
-        return [Neighbor(self.ids[r], float(s), self.markets[r]) for r, s in ranked[:k]]
+        order = np.argsort(-scores, kind="stable")  # best first
+        rows, scores = rows[order], scores[order]
+        if len(scores) > 1 and np.any(scores[1:] == scores[:-1]):  # ties: broken by id
+            ranked = sorted(
+                zip(rows.tolist(), scores.tolist(), strict=True),
+                key=lambda pair: (-pair[1], self.ids[pair[0]]),  # reproducible
+            )
+        else:
+            ranked = list(zip(rows[:k].tolist(), scores[:k].tolist(), strict=True))
+        return [Neighbor(self.ids[r], s, self.markets[r]) for r, s in ranked[:k]]
 
 
 def _absent(rows: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:

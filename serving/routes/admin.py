@@ -71,7 +71,7 @@ async def reload_version(
     reloader = request.app.state.reloader
     if reloader is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="service is starting")
-    await asyncio.to_thread(request.app.state.blocklist.check, True)
+    await asyncio.to_thread(request.app.state.blocklist.check, True, request.app.state.loaded)
     try:
         result = await reloader.load(version)
     except VersionLoadError as exc:

@@ -39,7 +39,7 @@ def age_s(loaded: LoadedVersion) -> float | None:
     response_model=Health,
     responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Health | NoVersion}},
 )
-def health(loaded: MaybeLoadedDep, request: Request) -> Health | JSONResponse:
+async def health(loaded: MaybeLoadedDep, request: Request) -> Health | JSONResponse:
     if loaded is None:
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content=NoVersion().model_dump()
@@ -67,7 +67,7 @@ def health(loaded: MaybeLoadedDep, request: Request) -> Health | JSONResponse:
     response_model=VersionInfo,
     responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": ErrorDetail}},
 )
-def version(loaded: MaybeLoadedDep, request: Request) -> VersionInfo:
+async def version(loaded: MaybeLoadedDep, request: Request) -> VersionInfo:
     if loaded is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="no version loaded")
     stamp = request.app.state.loaded_at

@@ -15,6 +15,7 @@ parameters (``k`` below 1, oversized lists or ids, a vector of the wrong dim, no
 value used. A handler takes the loaded version once, so one answer never mixes two versions.
 """
 
+import json
 import math
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any
@@ -96,14 +97,17 @@ def build_router(max_k: int) -> APIRouter:
         response_model=SimilarItems,
         responses={**_NOT_FOUND, **_NO_VERSION},
     )
-    def similar_items(
+    async def similar_items(
         item_id: ItemIdPath,
         loaded: LoadedDep,
         blocked: BlockedRowsDep,
         k: KQuery = default_k,
         market: MarketQuery = None,
         exclude: ExcludeQuery = [],  # noqa: B006 -- FastAPI copies defaults per request
-    ) -> SimilarItems:
+    ) -> Response:
+        # the hot path: answered on the event loop (one ANN query, a fraction of a millisecond)
+        # and written straight to JSON; a threadpool hop and response-model validation would
+        # cost more than the search itself. The body has SimilarItems' shape.
         k = capped(k)
         try:
             neighbors = loaded.similar(
@@ -111,16 +115,22 @@ def build_router(max_k: int) -> APIRouter:
             )
         except KeyError:
             raise _unknown(loaded, [item_id]) from None
-        return SimilarItems(
-            version=loaded.version, item_id=item_id, k=k, neighbors=_public(neighbors)
-        )
+        body = {
+            "version": loaded.version,
+            "item_id": item_id,
+            "k": k,
+            "neighbors": [
+                {"item_id": n.item_id, "score": n.score, "market": n.market} for n in neighbors
+            ],
+        }
+        return Response(_dumps(body), media_type="application/json")
 
     @router.get(
         "/items/{item_id:path}",
         response_model=ItemVector,
         responses={**_NOT_FOUND, **_NO_VERSION},
     )
-    def get_item(item_id: ItemIdPath, loaded: LoadedDep, request: Request) -> ItemVector:
+    async def get_item(item_id: ItemIdPath, loaded: LoadedDep, request: Request) -> ItemVector:
         row = loaded.row_of.get(item_id)
         if row is None:
             raise _unknown(loaded, [item_id])
@@ -142,7 +152,7 @@ def build_router(max_k: int) -> APIRouter:
             **_NO_VERSION,
         },
     )
-    def similar_to_query(
+    async def similar_to_query(
         query: SimilarQuery, loaded: LoadedDep, blocked: BlockedRowsDep
     ) -> SimilarResult:
         k = capped(query.k)
@@ -181,6 +191,8 @@ def build_router(max_k: int) -> APIRouter:
             ) from None
         return SimilarResult(version=loaded.version, k=k, neighbors=_public(neighbors))
 
+    # sync on purpose: up to MAX_IDS searches, run in the threadpool so they do not stall the
+    # event loop (the single-item routes above are async: one search costs less than a hop)
     @router.post("/similar/batch", response_model=BatchResult, responses={**_NO_VERSION})
     def similar_batch(query: BatchQuery, loaded: LoadedDep, blocked: BlockedRowsDep) -> BatchResult:
         k = capped(query.k)
@@ -195,6 +207,11 @@ def build_router(max_k: int) -> APIRouter:
         return BatchResult(version=loaded.version, k=k, results=results, unknown=unknown)
 
     return router
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """Compact strict JSON (scores are finite: cosines of unit vectors)."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _public(neighbors: Sequence[ModelNeighbor]) -> list[Neighbor]:
