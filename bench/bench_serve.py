@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import gc
 import hashlib
 import json
 import logging
@@ -324,6 +325,11 @@ class Service:
                 time.sleep(0.05)
         raise RuntimeError(f"service not healthy after {HEALTH_TIMEOUT_S:.0f} s:\n{self.tail()}")
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the service process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self, field: str = "VmRSS") -> float | None:
         try:
             for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -420,6 +426,7 @@ def _client_main(
     ready: Any,
 ) -> None:
     """The client process: run the open loop, write (start, records, cpu) to ``out_path``."""
+    gc.disable()  # a full collection over the growing records would pause the measuring loop
     wall0, cpu0 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
     start, records = asyncio.run(
         _open_loop(base_url, n_items, rate, total_s, seed, track_version, stop, ready)
@@ -503,14 +510,19 @@ def summarise(raw: dict[str, Any], rate: float, warmup_s: float, duration_s: flo
 
 
 def run_load(
-    base_url: str, n: int, rate: float, warmup_s: float, duration_s: float, seed: int, name: str
+    service: Service, n: int, rate: float, warmup_s: float, duration_s: float, seed: int, name: str
 ) -> dict:
     logger.info("load %s: %.0f req/s for %.0f + %.0f s", name, rate, warmup_s, duration_s)
-    run = LoadRun(base_url, n, rate, warmup_s, duration_s, seed)
-    stats = summarise(run.result(), rate, warmup_s, duration_s)
+    cpu0, wall0 = service.cpu_s(), time.monotonic()
+    run = LoadRun(service.base_url, n, rate, warmup_s, duration_s, seed)
+    raw = run.result()
+    cpu_s, wall_s = service.cpu_s() - cpu0, time.monotonic() - wall0
+    stats = summarise(raw, rate, warmup_s, duration_s)
+    stats["service_cpu_percent"] = 100.0 * cpu_s / wall_s
+    stats["service_cpu_ms_per_request"] = 1e3 * cpu_s / max(len(raw["records"]), 1)
     logger.info(
         "load %s: %.0f rps achieved, p50 %.2f ms, p99 %.2f ms, max %.1f ms, %d errors, "
-        "client CPU %.0f %%",
+        "client CPU %.0f %%, service CPU %.0f %% (%.2f ms per request)",
         name,
         stats["rps"],
         stats["p50_ms"],
@@ -518,6 +530,8 @@ def run_load(
         stats["max_ms"],
         stats["errors"],
         stats["client_cpu_percent"],
+        stats["service_cpu_percent"],
+        stats["service_cpu_ms_per_request"],
     )
     return {"phase": name, **stats}
 
@@ -636,6 +650,7 @@ def swap_under_load(
     during = [r for r in records if r[0] >= publish_started]
     firsts = [done for _, done, status, v in records if status == 200 and v == version2]
     swap_s = (min(firsts) - current_moved) if firsts else None
+    during_ms = np.array([(done - sched) * 1e3 for sched, done, _, _ in during]) if during else None
     return {
         "version": version2,
         "rate": rate,
@@ -644,6 +659,13 @@ def swap_under_load(
         "seen_by_poll_s": (seen_at - current_moved) if seen_at else None,
         "failed_requests_during_swap": sum(1 for r in during if r[2] != 200),
         "requests_during_swap": len(during),
+        "during_swap_p50_ms": float(np.percentile(during_ms, 50))
+        if during_ms is not None
+        else None,
+        "during_swap_p99_ms": float(np.percentile(during_ms, 99))
+        if during_ms is not None
+        else None,
+        "during_swap_max_ms": float(during_ms.max()) if during_ms is not None else None,
         "failed_requests_whole_run": sum(1 for r in records if r[2] != 200),
         "requests_whole_run": len(records),
         "status_counts": {
@@ -675,6 +697,11 @@ def print_table(report: dict[str, Any]) -> None:
             "none seen" if swap["swap_s"] is None else f"{swap['swap_s']:.2f}",
         ),
         (
+            "latency during swap (p50/p99/max ms)",
+            f"{swap['during_swap_p50_ms']:.2f} / {swap['during_swap_p99_ms']:.2f} / "
+            f"{swap['during_swap_max_ms']:.1f}",
+        ),
+        (
             f"uniform n={uni['n']:,} recall@10",
             f"{uni['recall_at_10']:.4f} at ef {uni['ef_search']}; "
             f">= 0.95 from ef {uni['min_ef_recall_095']}",
@@ -686,7 +713,7 @@ def print_table(report: dict[str, Any]) -> None:
     print()
     header = (
         f"{'phase':<10} {'rate':>6} {'rps':>7} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
-        f"{'max ms':>7} {'errors':>6} {'p99/raw':>8} {'client CPU':>10}"
+        f"{'max ms':>7} {'errors':>6} {'p99/raw':>8} {'client CPU':>10} {'service CPU':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -694,7 +721,8 @@ def print_table(report: dict[str, Any]) -> None:
         print(
             f"{r['phase']:<10} {r['rate']:>6.0f} {r['rps']:>7.0f} {r['p50_ms']:>7.2f} "
             f"{r['p90_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['max_ms']:>7.1f} {r['errors']:>6} "
-            f"{r['p99_ms'] / raw:>8.1f} {r['client_cpu_percent']:>9.0f}%"
+            f"{r['p99_ms'] / raw:>8.1f} {r['client_cpu_percent']:>9.0f}% "
+            f"{r['service_cpu_percent']:>10.0f}%"
         )
     load = report["load_avg"]
     print(
@@ -785,11 +813,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         recall = service_recall(service.base_url, x, query_rows)
         logger.info("service recall@%d %.4f over %d queries", K, recall, len(query_rows))
 
-        runs = [run_load(service.base_url, n, args.rate, args.warmup, args.duration, 1, "main")]
+        runs = [run_load(service, n, args.rate, args.warmup, args.duration, 1, "main")]
         rss_mb = service.rss_mb()
         steps = []
         for i, rate in enumerate(args.step_rates):
-            step = run_load(service.base_url, n, rate, STEP_WARMUP_S, args.step_duration, 2 + i,
+            step = run_load(service, n, rate, STEP_WARMUP_S, args.step_duration, 2 + i,
                             f"step{i + 1}")  # fmt: skip
             steps.append(step)
             if not step["p99_ms"] < P99_LIMIT_MS or step["errors"]:

@@ -116,7 +116,7 @@ class Reloader:
             if explicit:  # pinned until CURRENT names something else
                 with contextlib.suppress(VersionLoadError):
                     self.handled_current = await asyncio.to_thread(read_current, root)
-            await asyncio.to_thread(gc.collect)  # the old version goes once requests drop it
+            await asyncio.to_thread(settle_heap)  # the old version goes once requests drop it
             return ReloadResult(version, previous, changed=True, load_s=load_s)
 
     async def poll_once(self) -> ReloadResult | None:
@@ -168,6 +168,7 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
             await run_in_threadpool(reload, app)
         except NoCurrentVersionError as exc:
             logger.warning("starting without a version: %s", exc)
+        await run_in_threadpool(settle_heap)
         served = app.state.loaded
         app.state.reloader = Reloader(app, served.version if served is not None else None)
         poller = None
@@ -216,6 +217,19 @@ async def json_safe_validation_error(request: Request, exc: Exception) -> JSONRe
         raise exc
     safe = RequestValidationError(_json_safe(exc.errors()), body=_json_safe(exc.body))
     return await request_validation_exception_handler(request, safe)
+
+
+def settle_heap() -> None:
+    """Collect garbage, then freeze what survives (``gc.freeze``) after a version is loaded.
+
+    A loaded version is a few million long-lived objects; without this every full collection
+    walks them again, a 30-60 ms pause of the event loop at 1M items. Frozen objects are
+    still freed by reference counting when the next swap drops them; each call first
+    unfreezes, so the previous version's objects are collected like any others.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def swap(app: FastAPI, loaded: LoadedVersion) -> None:
