@@ -1,6 +1,10 @@
-"""Daily item-embedding DAG: sessionize -> plan -> skip-gram -> fine-tune -> evaluate -> gate ->
-publish. Wiring only: every task imports its stage inside the body and calls one function of
-``embedding.pipeline``; XCom carries small dicts (paths, counts, metrics), never data.
+"""Daily item-embedding DAG: sessionize -> completeness -> plan -> skip-gram -> fine-tune ->
+evaluate -> gate -> publish -> retention. Wiring only: every task imports its stage inside the
+body and calls one function of ``embedding``; XCom carries small dicts (paths, counts, metrics),
+never data. Skip-gram and fine-tune run in a child process each (``embedding.stage_process``),
+so they can be killed and are retried from scratch. A failed task logs one ``ALERT`` line (and
+posts it to ``EMBEDDING_ALERT_WEBHOOK`` when set). Environment: ``EMBEDDING_CONF`` (config
+file), ``EMBEDDING_CATCHUP``, ``EMBEDDING_RETRIES`` (default 2).
 """
 
 from __future__ import annotations
@@ -18,17 +22,25 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:  # the project is importable without an install too
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from embedding.alerts import on_failure  # noqa: E402 -- standard library only
+
 CONF = os.environ.get("EMBEDDING_CONF", str(PROJECT_ROOT / "conf" / "default.yaml"))
 CATCHUP = os.environ.get("EMBEDDING_CATCHUP", "false").lower() in ("1", "true", "yes")
+RETRIES = int(os.environ.get("EMBEDDING_RETRIES", "2"))
 PUBLISHED = Asset(name="item_vectors", uri="file:///item-embeddings/published")
 DAILY = CronDataIntervalTimetable("0 0 * * *", timezone="UTC")
+
+
+def _conf_args() -> tuple[str, list[str]]:
+    """(config file, overrides) of this run: its params, else the environment's file."""
+    params = get_current_context()["params"]
+    return params.get("conf") or CONF, list(params.get("overrides") or [])
 
 
 def _config():
     from embedding.config import load_config
 
-    params = get_current_context()["params"]
-    return load_config(params.get("conf") or CONF, list(params.get("overrides") or []))
+    return load_config(*_conf_args())
 
 
 def _interval() -> tuple:
@@ -43,10 +55,13 @@ def _interval() -> tuple:
     catchup=CATCHUP,
     max_active_runs=1,
     default_args={
-        "retries": 2,
+        "owner": "recsys-embeddings",
+        "retries": RETRIES,
         "retry_delay": timedelta(minutes=1),
         "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=15),
         "execution_timeout": timedelta(hours=2),
+        "on_failure_callback": on_failure,
     },
     params={
         "conf": Param(None, type=["null", "string"], description="config file (default: env)"),
@@ -67,8 +82,20 @@ def item_embeddings():
         start, end = _interval()
         return sessionize_stage(cfg, paths, days_to_sessionize(cfg, paths, start, end))
 
+    @task(execution_timeout=timedelta(minutes=5))
+    def completeness(ingest: dict) -> dict:
+        """Fail on a partial or missing day before anything trains on it."""
+        from embedding.completeness import check_interval
+        from embedding.pipeline import resolve_paths
+
+        cfg = _config()
+        start, end = _interval()
+        verdict = check_interval(cfg.completeness, Path(resolve_paths(cfg).work_dir), start, end)
+        verdict.raise_for_failure()
+        return verdict.to_dict()
+
     @task
-    def plan(ingest: dict) -> dict:
+    def plan(ingest: dict, checked: dict) -> dict:
         from embedding.pipeline import plan_run, resolve_paths
 
         cfg = _config()
@@ -78,16 +105,16 @@ def item_embeddings():
 
     @task
     def train(run: dict) -> dict:
-        from embedding.pipeline import RunPlan, train_stage
+        from embedding.stage_process import run_stage_process
 
-        train_stage(_config(), RunPlan.from_dict(run))
+        run_stage_process("train", *_conf_args(), run)
         return run
 
     @task
     def finetune(run: dict) -> dict:
-        from embedding.pipeline import RunPlan, finetune_stage
+        from embedding.stage_process import run_stage_process
 
-        finetune_stage(_config(), RunPlan.from_dict(run))
+        run_stage_process("finetune", *_conf_args(), run)
         return run
 
     @task
@@ -123,7 +150,7 @@ def item_embeddings():
         return removed
 
     ingest = sessionize()
-    run = plan(ingest)
+    run = plan(ingest, completeness(ingest))
     evaluated = evaluate(finetune(train(run)))
     retention(publish(run, gate(run, evaluated, ingest), ingest))
 

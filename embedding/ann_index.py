@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from embedding.atomic import write_text_atomic
 from embedding.config import ServingConfig
 from embedding.errors import EmbeddingError
 
@@ -148,7 +149,7 @@ def save_index(
         os.replace(tmp_index, index_path)
     finally:
         tmp_index.unlink(missing_ok=True)
-    _write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     logger.info(
         "saved HNSW index (%d items x %d, %.1f MB) to %s",
         n_items,
@@ -232,15 +233,6 @@ def _hnswlib_version() -> str | None:
         return metadata.version("hnswlib")
     except metadata.PackageNotFoundError:
         return None
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_meta(meta_path: Path, n_items: int, dim: int) -> dict[str, Any]:

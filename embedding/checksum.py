@@ -8,11 +8,13 @@ published version against corruption.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from embedding import PROJECT_ROOT
 
 
 def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
@@ -62,3 +64,16 @@ def table_content_hash(tables: Sequence[pa.Table], sort_keys: Sequence[str]) -> 
 def parquet_content_hash(path: Path, sort_keys: Sequence[str]) -> str:
     files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
     return table_content_hash([pq.read_table(f) for f in files], sort_keys)
+
+
+SOURCE_PACKAGES = ("embedding", "jobs")
+
+
+def source_hash(packages: Iterable[str] = SOURCE_PACKAGES) -> str:
+    """sha256 over the package's source files (path and bytes), so code changes new ids."""
+    digest = hashlib.sha256()
+    for package in packages:
+        for file in sorted((PROJECT_ROOT / package).rglob("*.py")):
+            digest.update(str(file.relative_to(PROJECT_ROOT)).encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()

@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--k", type=int, default=10)
     nb.add_argument("--market", default=None, help="only neighbours of this market")
     _add_config_args(nb)
+
+    st = sub.add_parser(
+        "stage", help="run one heavy stage of a planned run in this process (used by the DAG)"
+    )
+    st.add_argument("name", choices=["train", "finetune"])
+    st.add_argument("--plan", type=Path, required=True, help="the run plan JSON (RunPlan)")
+    _add_config_args(st)
     return parser
 
 
@@ -399,6 +406,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stage(args: argparse.Namespace) -> int:
+    from embedding.pipeline import RunPlan, finetune_stage, train_stage
+
+    cfg = _load(args)
+    try:
+        plan = RunPlan.from_dict(json.loads(args.plan.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"{args.plan}: not a readable run plan ({exc})") from exc
+    stage = {"train": train_stage, "finetune": finetune_stage}[args.name]
+    print(stage(cfg, plan))
+    return 0
+
+
 COMMANDS = {
     "generate": cmd_generate,
     "run": cmd_run,
@@ -407,6 +427,7 @@ COMMANDS = {
     "neighbors": cmd_neighbors,
     "report": cmd_report,
     "sweep": cmd_sweep,
+    "stage": cmd_stage,
 }
 
 

@@ -97,6 +97,17 @@ class SessionizeConfig(_Frozen):
     salt_env: str = "EMBEDDING_USER_SALT"  # name of the variable holding the salt, never the salt
 
 
+class CompletenessConfig(_Frozen):
+    """Before training, each day of the run's interval is compared with the days before it."""
+
+    enabled: bool = True
+    trailing_days: int = Field(7, ge=1)  # the reference: median events/day over these days
+    min_history_days: int = Field(3, ge=1)  # fewer earlier days with counts: check skipped
+    # a day below min_ratio x the median is partial (fails); above max_ratio x: a warning
+    min_ratio: float = Field(0.5, gt=0.0, le=1.0)
+    max_ratio: float = Field(3.0, ge=1.0)
+
+
 class WindowConfig(_Frozen):
     days: int = Field(8, ge=1)  # days of sessions the model sees, the holdout included
     retention_days: int = Field(30, ge=1)  # session partitions older than this are deleted
@@ -239,6 +250,7 @@ class Config(_Frozen):
     ingest: IngestConfig = IngestConfig()
     sessionize: SessionizeConfig = SessionizeConfig()
     window: WindowConfig = WindowConfig()
+    completeness: CompletenessConfig = CompletenessConfig()
     word2vec: Word2VecParams = Word2VecParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -268,7 +280,8 @@ class Config(_Frozen):
 
     def fingerprint(self) -> str:
         """sha256 over everything that shapes the model (paths excluded)."""
-        payload = self.model_dump(mode="json", exclude={"paths", "serving", "publish"})
+        not_model = {"paths", "serving", "publish", "completeness"}
+        payload = self.model_dump(mode="json", exclude=not_model)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedding import publish
+from embedding.atomic import write_text_atomic
 from embedding.config import Config
 from embedding.errors import InputError, QualityGateError
 from embedding.publish import FaultHook
@@ -245,7 +246,7 @@ def cold_start_stage(cfg: Config, plan: RunPlan, trained: ItemVectors, meta) -> 
             trained, meta, cfg.cold_start.k, cfg.cold_start.measure_items, cfg.seed
         )
     logger.info("cold start: %s", result)
-    _artefact(plan, "cold_start.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(_artefact(plan, "cold_start.json"), json.dumps(result, indent=1))
     return result
 
 
@@ -292,7 +293,7 @@ def train_stage(cfg: Config, plan: RunPlan) -> str:
         "n_items": len(vectors.ids),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
-    _artefact(plan, "word2vec_stats.json").write_text(json.dumps(stats, indent=1))
+    write_text_atomic(_artefact(plan, "word2vec_stats.json"), json.dumps(stats, indent=1))
     return str(out)
 
 
@@ -338,7 +339,7 @@ def finetune_stage(cfg: Config, plan: RunPlan) -> str:
                 stats.update(asdict(ft_stats))
             else:
                 stats.setdefault("comparison", {})[name] = asdict(ft_stats)
-    _artefact(plan, "finetune_stats.json").write_text(json.dumps(stats, indent=1))
+    write_text_atomic(_artefact(plan, "finetune_stats.json"), json.dumps(stats, indent=1))
     return str(out)
 
 
@@ -402,7 +403,7 @@ def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
         )  # fmt: skip
     gate = check_gate(metrics, metrics["published"], cfg.gate)
     result = {"metrics": metrics, "gate": gate}
-    out.write_text(json.dumps(result, indent=1))
+    write_text_atomic(out, json.dumps(result, indent=1))
     return result
 
 
@@ -504,7 +505,7 @@ def publish_stage(
             write_extra=lambda folder: write_version_index(folder, cfg.serving),
         )
     outcome = {**asdict(result), "data_interval": [plan.interval_start, plan.interval_end]}
-    (Path(plan.work_dir) / LAST_PUBLISH).write_text(json.dumps(outcome, indent=1))
+    write_text_atomic((Path(plan.work_dir) / LAST_PUBLISH), json.dumps(outcome, indent=1))
     return outcome
 
 

@@ -39,11 +39,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from embedding import PROJECT_ROOT
+from embedding.atomic import write_text_atomic as _write_atomic
+from embedding.checksum import SOURCE_PACKAGES as SOURCE_PACKAGES
 from embedding.checksum import file_sha256
+from embedding.checksum import source_hash as source_hash
 from embedding.errors import InputError, PublishError
 from embedding.train_w2v import ItemVectors
 from embedding.vectors_io import VECTORS_FILE, write_vectors
+
+FaultHook = Callable[[str], None]
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +64,6 @@ VERSION_ID = re.compile(r"[0-9]{8}-[0-9a-f]{8}")
 # what may be listed as a version folder: a plain name, never hidden or a path
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 STEPS = ("data_written", "manifest_written", "before_rename", "after_rename", "before_current")
-SOURCE_PACKAGES = ("embedding", "jobs")
-
-FaultHook = Callable[[str], None]
-
-
-def source_hash(packages: Iterable[str] = SOURCE_PACKAGES) -> str:
-    """sha256 over the package's source files (path and bytes), so code changes new ids."""
-    digest = hashlib.sha256()
-    for package in packages:
-        for file in sorted((PROJECT_ROOT / package).rglob("*.py")):
-            digest.update(str(file.relative_to(PROJECT_ROOT)).encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 def version_id(last_day: date, config_hash: str, code_hash: str, input_hashes: list[str]) -> str:
@@ -165,15 +156,6 @@ def is_published(root: Path, version: str) -> bool:
     except PublishError:
         return False
     return True
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def read_pin(root: Path, strict: bool = True) -> dict | None:

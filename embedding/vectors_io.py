@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedding.atomic import write_atomic
 from embedding.train_w2v import ItemVectors
 
 VECTORS_FILE = "item_vectors.parquet"
@@ -46,7 +47,8 @@ def write_vectors(
     markets: dict[str, str | None] | None = None,
     cold_start: set[str] | None = None,
 ) -> None:
-    pq.write_table(vectors_table(vectors, markets, cold_start), path, compression="zstd")
+    table = vectors_table(vectors, markets, cold_start)
+    write_atomic(Path(path), lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def read_vectors(path: Path) -> tuple[ItemVectors, dict[str, str | None]]:

@@ -38,7 +38,7 @@ from pyspark.sql import functions as F
 if __package__ in (None, ""):  # run as a file by spark-submit
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from embedding.checksum import table_content_hash
+from embedding.checksum import source_hash, table_content_hash
 from embedding.config import Config, SessionizeConfig
 from embedding.errors import EmbeddingError, InputError
 from embedding.window import day_marker_path
@@ -379,11 +379,26 @@ def _replace_dir(src: Path | None, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def commit_day(work_dir: Path, staging: Path, day: str, source: str) -> dict:
-    """Move one day's staged partitions into place, then write its completion marker."""
+def commit_day(
+    work_dir: Path,
+    staging: Path,
+    day: str,
+    source: str,
+    n_events: int | None = None,
+    code_hash: str | None = None,
+) -> dict:
+    """Move one day's staged partitions into place, then write its completion marker.
+
+    The marker records the day's valid source events (``n_events``: the completeness check
+    compares days by it) and the hash of the code that built the partitions.
+    """
     marker = day_marker_path(work_dir, day)
     marker.unlink(missing_ok=True)  # the day is incomplete until the new marker lands
     stats: dict = {"day": day, "source": source}
+    if n_events is not None:
+        stats["n_events"] = n_events
+    if code_hash is not None:
+        stats["code_hash"] = code_hash
     for table, keys in TABLES.items():
         staged = staging / table / f"{C.DAY}={day}"
         for junk in staged.glob(".*.crc") if staged.exists() else []:
@@ -578,8 +593,11 @@ def run_sessionize(
                 "overwrite"
             ).partitionBy(C.DAY).parquet(str(staging / table))
             _phase(f"wrote {table}", started)
+        code_hash = source_hash()
         for day in day_strs:
-            stats = commit_day(work_dir, staging, day, str(input_path))
+            stats = commit_day(
+                work_dir, staging, day, str(input_path), valid_by_day.get(day, 0), code_hash
+            )
             result.conversions += stats[f"n_{CONVERSIONS}"]
             result.booking_pairs += stats[f"n_{BOOKING_PAIRS}"]
         _phase("committed the days", started)

@@ -14,16 +14,10 @@ from conftest import ROOT
 
 from embedding import publish
 
-
-def test_dag_folder_has_no_import_errors(airflow_db: Path) -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    assert bag.import_errors == {}
-    dag = bag.get_dag("item_embeddings")
-    assert dag is not None
-    assert {t.task_id for t in dag.tasks} == {
+EXPECTED_TASKS = {
+    "item_embeddings": {
         "sessionize",
+        "completeness",
         "plan",
         "train",
         "finetune",
@@ -31,19 +25,55 @@ def test_dag_folder_has_no_import_errors(airflow_db: Path) -> None:
         "gate",
         "publish",
         "retention",
-    }
-    assert dag.max_active_runs == 1
+    },
+    "serving_refresh": {"check_version", "reload", "confirm"},
+}
 
 
-def test_dag_module_import_is_light() -> None:
+def test_dag_folder_has_no_import_errors_and_each_dag_is_production_ready(
+    airflow_db: Path,
+) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils.dag_cycle_tester import check_cycle
+
+    from embedding.alerts import on_failure
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == set(EXPECTED_TASKS)
+    for dag_id, tasks in EXPECTED_TASKS.items():
+        dag = bag.get_dag(dag_id)
+        check_cycle(dag)  # raises on a cycle
+        assert {t.task_id for t in dag.tasks} == tasks
+        assert dag.max_active_runs == 1
+        assert dag.tags and "embeddings" in dag.tags
+        for t in dag.tasks:
+            assert t.owner == "recsys-embeddings", (dag_id, t.task_id)
+            assert t.execution_timeout is not None, (dag_id, t.task_id)
+            assert (
+                on_failure in (t.on_failure_callback or []) or t.on_failure_callback is on_failure
+            )
+            if t.task_id != "gate":  # a failed gate is a verdict, not a glitch: never retried
+                assert t.retries >= 1, (dag_id, t.task_id)
+    daily = bag.get_dag("item_embeddings")
+    assert daily.get_task("gate").retries == 0
+    publish_outlets = daily.get_task("publish").outlets
+    refresh = bag.get_dag("serving_refresh")
+    assert [a.name for a in publish_outlets] == ["item_vectors"]
+    assert "item_vectors" in str(refresh.timetable.asset_condition)
+
+
+@pytest.mark.parametrize("dag_file", ["item_embeddings.py", "serving_refresh.py"])
+def test_dag_module_import_is_light(dag_file: str) -> None:
     code = (
         "import time, sys, importlib.util\n"
         "import airflow.sdk\n"
         "t = time.perf_counter()\n"
-        f"path = {str(ROOT / 'dags' / 'item_embeddings.py')!r}\n"
+        f"path = {str(ROOT / 'dags' / dag_file)!r}\n"
         "spec = importlib.util.spec_from_file_location('d', path)\n"
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-        "heavy = [n for n in ('pyspark', 'torch', 'gensim', 'pandas') if n in sys.modules]\n"
+        "heavy = [n for n in ('pyspark', 'torch', 'gensim', 'pandas', 'numpy')"
+        " if n in sys.modules]\n"
         "print(time.perf_counter() - t, heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,0 +1,130 @@
+"""Serving refresh: after a publish, check the new version and make the service serve it.
+
+Three steps, one Airflow task each in ``dags/serving_refresh.py`` (scheduled on the publish
+Asset), each usable alone:
+
+1. ``check_published(root)``: the version ``CURRENT`` names exists and every file matches its
+   manifest checksum (what the service will verify too, found here first with a clear error);
+2. ``request_reload(url, version)``: ``POST /admin/reload`` (with ``Authorization: Bearer`` when
+   the service's admin token variable is set); a 409 (the service refused the version) or an
+   answer naming another version fails with the service's reason;
+3. ``confirm_served(url, version)``: ``GET /version`` names it.
+
+The service URL is ``EMBEDDING_SERVING_URL`` when set, else ``http://<serving.host>:<serving.port>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from embedding.config import ServingConfig
+from embedding.errors import EmbeddingError, PublishError
+from embedding.publish import VERSIONS, is_folder_name, read_current, verify_version
+
+logger = logging.getLogger(__name__)
+
+URL_ENV = "EMBEDDING_SERVING_URL"
+TIMEOUT_S = 600.0  # a reload of a version without a prebuilt index builds one: minutes at 1M
+
+
+class RefreshError(EmbeddingError):
+    """The new version could not be checked, or the service did not take it."""
+
+    exit_code = 1
+
+
+def service_url(cfg: ServingConfig) -> str:
+    return os.environ.get(URL_ENV, "").strip().rstrip("/") or f"http://{cfg.host}:{cfg.port}"
+
+
+def check_published(root: Path) -> dict[str, Any]:
+    """``{"version", "n_items", "dim"}`` of CURRENT's version, its checksums verified."""
+    version = read_current(root)
+    if version is None:
+        raise RefreshError(f"{root}/CURRENT does not exist: nothing is published to refresh")
+    if not is_folder_name(version):
+        raise RefreshError(f"{root}/CURRENT holds {version!r}, not a version id")
+    try:
+        manifest = verify_version(root / VERSIONS / version)
+    except PublishError as exc:
+        raise RefreshError(f"CURRENT names {version}, which fails its checks: {exc}") from exc
+    logger.info(
+        "published version %s: %s items, dim %s, checksums ok",
+        version,
+        manifest.get("n_items"),
+        manifest.get("dim"),
+    )
+    return {"version": version, "n_items": manifest.get("n_items"), "dim": manifest.get("dim")}
+
+
+def _headers(cfg: ServingConfig) -> dict[str, str]:
+    token = os.environ.get(cfg.admin_token_env, "")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def request_reload(
+    url: str, version: str, cfg: ServingConfig, timeout_s: float = TIMEOUT_S
+) -> dict[str, Any]:
+    """Ask the service at ``url`` to load ``version``; its answer (``Reloaded``)."""
+    try:
+        response = httpx.post(
+            f"{url}/admin/reload",
+            params={"version": version},
+            headers=_headers(cfg),
+            timeout=timeout_s,
+        )
+    except httpx.HTTPError as exc:
+        raise RefreshError(f"{url}/admin/reload: no answer ({exc}); is the service up?") from exc
+    body = _json(response)
+    if response.status_code == 409:
+        raise RefreshError(
+            f"the service refused {version} and still serves {body.get('version')}: "
+            f"{body.get('detail')}"
+        )
+    if response.status_code != 200:
+        raise RefreshError(
+            f"{url}/admin/reload answered {response.status_code}: {body.get('detail', body)}"
+        )
+    if body.get("version") != version:
+        raise RefreshError(f"asked for {version}, the service answered {body}")
+    logger.info(
+        "service at %s serves %s (was %s, changed %s, load %.2f s)",
+        url,
+        version,
+        body.get("previous"),
+        body.get("changed"),
+        body.get("load_s", 0.0),
+    )
+    return body
+
+
+def confirm_served(url: str, version: str, wait_s: float = 30.0) -> dict[str, Any]:
+    """``GET /version`` until it names ``version`` (at most ``wait_s``); its answer."""
+    deadline = time.monotonic() + wait_s
+    body: dict[str, Any] = {}
+    while True:
+        try:
+            response = httpx.get(f"{url}/version", timeout=10.0)
+            body = _json(response)
+            if response.status_code == 200 and body.get("version") == version:
+                logger.info("confirmed: %s/version names %s", url, version)
+                return body
+        except httpx.HTTPError as exc:
+            body = {"error": str(exc)}
+        if time.monotonic() > deadline:
+            raise RefreshError(f"{url}/version still answers {body} after {wait_s:.0f} s")
+        time.sleep(0.5)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"detail": response.text[:200]}
+    return body if isinstance(body, dict) else {"detail": body}
