@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -82,34 +86,97 @@ def test_dag_module_import_is_light(dag_file: str) -> None:
     assert heavy == "[]"
 
 
-@pytest.mark.slow
-def test_dag_runs_end_to_end(airflow_db: Path, tmp_path: Path, spark) -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
-    from embedding.generate import generate_clicklog
-
-    clicks = tmp_path / "clicks"
-    generate_clicklog(clicks, events=30_000, days=3, profile="standard", seed=3)
+def write_dag_conf(tmp_path: Path, clicks: Path, root: Path) -> Path:
     conf = yaml.safe_load((ROOT / "conf" / "default.yaml").read_text())
-    conf["paths"] = {"input": str(clicks), "publish_root": str(tmp_path / "publish")}
+    conf["paths"] = {"input": str(clicks), "publish_root": str(root)}
     conf["window"] = {"days": 3}
     # a tiny log: gensim's `sample` is a share of the corpus, so the default (3e-5, tuned on
     # 200k events) would throw most of 30k events away
     conf["word2vec"].update({"epochs": 30, "workers": 1, "sample": 0.001})
     conf["finetune"].update({"epochs": 2})
     conf["spark"]["shuffle_partitions"] = 2
-    conf_path = tmp_path / "conf.yaml"
+    conf_path = tmp_path / f"conf-{root.name}.yaml"
     conf_path.write_text(yaml.safe_dump(conf))
+    return conf_path
 
+
+def kill_training_when_it_starts(work: Path, killed: list[int], after_s: float = 1.0) -> None:
+    """SIGKILL the skip-gram child process ``after_s`` seconds after its pid file appears."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        for pid_path in work.glob("runs/*/train.pid"):
+            try:
+                pid = int(pid_path.read_text())
+            except (OSError, ValueError):
+                continue  # being written
+            time.sleep(after_s)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+def published_data(root: Path) -> dict[str, str]:
+    """sha256 of CURRENT's data files: the vectors and the index graph (the report and the
+    index metadata carry timings)."""
+    version = publish.read_current(root)
+    files = publish.verify_version(root / "versions" / version)["files"]
+    return {
+        name: files[name] for name in ("item_vectors.parquet", "ann_index.hnsw") if name in files
+    }
+
+
+@pytest.mark.slow
+def test_dag_end_to_end_and_a_killed_training_reruns_to_the_same_output(
+    airflow_db: Path, tmp_path: Path, spark, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from embedding.generate import generate_clicklog
+
+    monkeypatch.setenv("EMBEDDING_RETRIES", "0")  # read at parse time: the kill fails the run
+    clicks = tmp_path / "clicks"
+    generate_clicklog(clicks, events=30_000, days=3, profile="standard", seed=3)
+    root_a, root_b = tmp_path / "publish_a", tmp_path / "publish_b"
+    conf_a = write_dag_conf(tmp_path, clicks, root_a)
+    conf_b = write_dag_conf(tmp_path, clicks, root_b)
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("item_embeddings")
     # a data-interval timetable: the run at 2026-01-04 covers 2026-01-03
-    run = dag.test(logical_date=datetime(2026, 1, 4, tzinfo=UTC), run_conf={"conf": str(conf_path)})
+    day = datetime(2026, 1, 4, tzinfo=UTC)
+
+    run = dag.test(logical_date=day, run_conf={"conf": str(conf_a)})
+
     assert run.state == "success", run.state
-    root = tmp_path / "publish"
-    version = publish.read_current(root)
+    version = publish.read_current(root_a)
     assert version is not None and version.startswith("20260103-")
-    manifest = publish.verify_version(root / "versions" / version)
+    manifest = publish.verify_version(root_a / "versions" / version)
     assert manifest["data_interval"] == {"start": "2026-01-01", "end": "2026-01-04"}
     assert manifest["days"] == ["2026-01-01", "2026-01-02", "2026-01-03"]
-    last = json.loads((root / ".work" / "last_publish.json").read_text())
+    last = json.loads((root_a / ".work" / "last_publish.json").read_text())
     assert last["version"] == version and last["already_published"] is False
+    marker = json.loads((root_a / ".work" / "_days" / "2026-01-03.json").read_text())
+    assert marker["n_events"] > 0 and len(marker["code_hash"]) == 64
+
+    # the same day in another root, with the skip-gram process killed mid-way
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=kill_training_when_it_starts, args=(root_b / ".work", killed), daemon=True
+    )
+    killer.start()
+    broken = dag.test(logical_date=day, run_conf={"conf": str(conf_b)})
+    killer.join(timeout=5)
+
+    assert killed and broken.state == "failed", broken.state
+    states = {ti.task_id: ti.state for ti in broken.get_task_instances()}
+    assert states["train"] == "failed" and states["publish"] == "upstream_failed"
+    assert publish.read_current(root_b) is None  # no CURRENT ...
+    assert publish.version_names(root_b) == []  # ... and no version, partial or not
+    staging = root_b / ".tmp"
+    assert not staging.exists() or not any(staging.iterdir())  # nothing half-written left
+
+    rerun = dag.test(logical_date=day, run_conf={"conf": str(conf_b)})
+
+    assert rerun.state == "success", rerun.state
+    assert publish.read_current(root_b) == version
+    assert "item_vectors.parquet" in published_data(root_a)
+    assert published_data(root_b) == published_data(root_a)  # byte-identical output
