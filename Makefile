@@ -15,7 +15,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 
-.PHONY: help install run serve test test-fast lint fmt bench bench-train bench-data bench-quality bench-serve clean spark-up spark-down report-png
+.PHONY: help install run serve test test-fast lint fmt bench bench-train bench-data bench-quality bench-serve bench-e2e clean spark-up spark-down report-png
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,7 +60,7 @@ lint: install ## ruff check and format check
 fmt: install ## ruff format and autofix
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
-bench: bench-train bench-data bench-quality bench-serve ## every benchmark -> bench/results/
+bench: bench-train bench-data bench-quality bench-serve bench-e2e ## every benchmark -> bench/results/
 
 bench-train: install ## skip-gram wrapper vs raw gensim on the same corpus -> bench/results/train.json
 	$(PY) -m bench.bench_train
@@ -73,6 +73,9 @@ bench-data: install ## Spark sessionize vs the same rules in DuckDB, 1M/3M/10M e
 
 bench-serve: install ## load test of python -m serving over 1M published vectors (recall, p99, swap under load) -> bench/results/serve.json
 	$(PY) -m bench.bench_serve
+
+bench-e2e: install ## the whole daily DAG (airflow dags test, cold start) on 1M generated events, stage times, vs the CLI -> bench/results/e2e.json
+	$(PY) -m bench.bench_e2e
 
 report-png: install ## the published version's report (VERSION=..., default CURRENT) as a PNG via headless Chromium -> bench/results/report.png
 	@command -v chromium >/dev/null || { \

@@ -4,7 +4,8 @@ body and calls one function of ``embedding``; XCom carries small dicts (paths, c
 never data. Skip-gram and fine-tune run in a child process each (``embedding.stage_process``),
 so they can be killed and are retried from scratch. A failed task logs one ``ALERT`` line (and
 posts it to ``EMBEDDING_ALERT_WEBHOOK`` when set). Environment: ``EMBEDDING_CONF`` (config
-file), ``EMBEDDING_CATCHUP``, ``EMBEDDING_RETRIES`` (default 2).
+file), ``EMBEDDING_CATCHUP``, ``EMBEDDING_RETRIES`` (default 2), ``EMBEDDING_START_DATE``
+(default 2026-01-01).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from embedding.alerts import on_failure  # noqa: E402 -- standard library only
 CONF = os.environ.get("EMBEDDING_CONF", str(PROJECT_ROOT / "conf" / "default.yaml"))
 CATCHUP = os.environ.get("EMBEDDING_CATCHUP", "false").lower() in ("1", "true", "yes")
 RETRIES = int(os.environ.get("EMBEDDING_RETRIES", "2"))
+# the first data interval the schedule (and a backfill) may cover; e.g. 2018-11-06 for trivago
+START = pendulum.parse(os.environ.get("EMBEDDING_START_DATE", "2026-01-01"), tz="UTC")
 PUBLISHED = Asset(name="item_vectors", uri="file:///item-embeddings/published")
 DAILY = CronDataIntervalTimetable("0 0 * * *", timezone="UTC")
 
@@ -51,7 +54,7 @@ def _interval() -> tuple:
 @dag(
     dag_id="item_embeddings",
     schedule=DAILY,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=START,
     catchup=CATCHUP,
     max_active_runs=1,
     default_args={
