@@ -168,7 +168,7 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
             await run_in_threadpool(reload, app)
         except NoCurrentVersionError as exc:
             logger.warning("starting without a version: %s", exc)
-        await run_in_threadpool(settle_heap)
+        await run_in_threadpool(settle_heap, True)
         served = app.state.loaded
         app.state.reloader = Reloader(app, served.version if served is not None else None)
         poller = None
@@ -219,16 +219,17 @@ async def json_safe_validation_error(request: Request, exc: Exception) -> JSONRe
     return await request_validation_exception_handler(request, safe)
 
 
-def settle_heap() -> None:
-    """Collect garbage, then freeze what survives (``gc.freeze``) after a version is loaded.
+def settle_heap(full: bool = False) -> None:
+    """Freeze what survives (``gc.freeze``) after a version is loaded.
 
-    A loaded version is a few million long-lived objects; without this every full collection
-    walks them again, a 30-60 ms pause of the event loop at 1M items. Frozen objects are
-    still freed by reference counting when the next swap drops them; each call first
-    unfreezes, so the previous version's objects are collected like any others.
+    A loaded version adds many long-lived objects; without this every full collection walks
+    them again, a 30-60 ms pause of the event loop at 1M items. After a swap only the young
+    generations are collected first (``full=False``): a full collection over two versions
+    would hold the GIL, and so stall every request, for a second or more. Frozen objects are
+    still freed by reference counting when the next swap drops them (a version holds no
+    reference cycles; ``tests/test_serving_reload.py`` checks that the old one goes).
     """
-    gc.unfreeze()
-    gc.collect()
+    gc.collect() if full else gc.collect(1)
     gc.freeze()
 
 
