@@ -396,7 +396,9 @@ def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
     previous = publish.previous_version(root, publish.version_day(plan.version))
     metrics["previous"] = None
     if previous is not None:
-        old, _ = read_vectors(root / publish.VERSIONS / previous / VECTORS_FILE)
+        # like with like: the candidate is scored without cold-start rows, so the previous
+        # version is too (its cold-start rows would cover cases the candidate cannot)
+        old, _ = read_vectors(root / publish.VERSIONS / previous / VECTORS_FILE, trained_only=True)
         metrics["previous"] = score_previous(
             old, previous, candidates[metrics["published"]], data.test_sessions,
             cfg.evaluate, cfg.seed,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedding.atomic import write_atomic
@@ -51,8 +52,14 @@ def write_vectors(
     write_atomic(Path(path), lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
-def read_vectors(path: Path) -> tuple[ItemVectors, dict[str, str | None]]:
+def read_vectors(
+    path: Path, trained_only: bool = False
+) -> tuple[ItemVectors, dict[str, str | None]]:
+    """Vectors and markets of a vectors file; ``trained_only`` drops ``is_cold_start`` rows
+    (vectors inferred for untrained items), leaving what training produced."""
     table = pq.read_table(path)
+    if trained_only and "is_cold_start" in table.column_names:
+        table = table.filter(pc.invert(pc.fill_null(table.column("is_cold_start"), False)))
     ids = table.column("item_id").to_pylist()
     column = table.column("vector").combine_chunks()
     dim = len(column[0]) if len(column) else 0

@@ -23,8 +23,11 @@ Every request is counted and timed by ``serving.routes.metrics.MetricsMiddleware
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import gc
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -231,6 +234,29 @@ def settle_heap(full: bool = False) -> None:
     """
     gc.collect() if full else gc.collect(1)
     gc.freeze()
+    _release_free_memory()
+
+
+def _release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``), where there is glibc.
+
+    The old version's index and arrays were allocated by a worker thread, in a malloc arena
+    glibc keeps for reuse: without a trim the process stays at two versions' RSS after a swap.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def swap(app: FastAPI, loaded: LoadedVersion) -> None:

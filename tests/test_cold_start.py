@@ -70,3 +70,20 @@ def test_measurement_beats_random_when_metadata_carries_the_signal() -> None:
     assert ours["coverage"] == chance["coverage"] == 1.0
     assert ours["cosine"] > chance["cosine"] + 0.2
     assert ours["overlap@10"] > chance["overlap@10"]
+
+
+def test_trained_only_read_drops_cold_start_rows(tmp_path) -> None:
+    """The gate re-scores the previous version without its cold-start rows, as the candidate."""
+    from embedding.vectors_io import read_vectors, write_vectors
+
+    rng = np.random.default_rng(0)
+    vectors = ItemVectors(["a", "b", "c"], normalize_rows(rng.normal(size=(3, 4))), np.ones(3, int))
+    path = tmp_path / "v.parquet"
+    write_vectors(path, vectors, {"a": "m1", "b": "m1", "c": "m2"}, cold_start={"b"})
+
+    every, _ = read_vectors(path)
+    trained, markets = read_vectors(path, trained_only=True)
+
+    assert every.ids == ["a", "b", "c"]
+    assert trained.ids == ["a", "c"] and markets == {"a": "m1", "c": "m2"}
+    np.testing.assert_array_equal(trained.vectors, every.vectors[[0, 2]])
