@@ -15,7 +15,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 
-.PHONY: help install run serve test test-fast lint fmt bench bench-train bench-data bench-quality bench-serve bench-e2e clean spark-up spark-down report-png
+.PHONY: help install run serve airflow test test-fast lint fmt bench bench-train bench-data bench-quality bench-serve bench-e2e clean spark-up spark-down report-png
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ run: install $(SAMPLE) $(AIRFLOW_HOME)/airflow.db ## sample log -> daily DAG onc
 
 serve: install ## start the service on 127.0.0.1:8000 over ./publish
 	$(PY) -m serving --publish-root publish
+
+airflow: install $(AIRFLOW_HOME)/airflow.db ## Airflow's UI on 127.0.0.1:8080 with the DAGs (prints how to log in; Ctrl-C stops)
+	$(PY) -m embedding.airflow_local --home $(AIRFLOW_HOME)
 
 test: install ## lint, then the whole test suite (real Spark, Airflow, Parquet, HTTP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

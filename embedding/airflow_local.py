@@ -49,6 +49,9 @@ HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 ADMIN = "admin"
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
+# the scheduler's log server would listen on every interface (port 8793); the api-server reads
+# task logs from the local files, so it is not needed on one machine
+COMPONENT_ARGS = {"scheduler": ("--skip-serve-logs",)}
 SIMPLE_AUTH_MANAGER = (
     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 )
@@ -215,7 +218,7 @@ class LocalAirflow:
     def _spawn(self, name: str) -> None:
         log = self._logs[name] = open(self.log_path(name), "ab")  # closed in stop()
         self.processes[name] = subprocess.Popen(
-            airflow_command(name),
+            airflow_command(name, *COMPONENT_ARGS.get(name, ())),
             env=self.env,
             cwd=PROJECT_ROOT,
             stdin=subprocess.DEVNULL,
