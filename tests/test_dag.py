@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -127,8 +128,12 @@ def published_data(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_dag_end_to_end_and_a_killed_training_reruns_to_the_same_output(
-    airflow_db: Path, tmp_path: Path, spark, monkeypatch: pytest.MonkeyPatch
+def test_dag_end_to_end_a_killed_training_reruns_to_the_same_output_a_failed_gate_keeps_current(
+    airflow_db: Path,
+    tmp_path: Path,
+    spark,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
@@ -180,3 +185,29 @@ def test_dag_end_to_end_and_a_killed_training_reruns_to_the_same_output(
     assert publish.read_current(root_b) == version
     assert "item_vectors.parquet" in published_data(root_a)
     assert published_data(root_b) == published_data(root_a)  # byte-identical output
+
+    # a broken model for the same day (1 epoch, a tiny learning rate): the gate fails the run,
+    # the publish never runs, CURRENT stays, the ALERT line says why
+    with caplog.at_level(logging.ERROR, logger="embedding.alerts"):
+        refused = dag.test(
+            logical_date=day,
+            run_conf={
+                "conf": str(conf_b),
+                "overrides": [
+                    "word2vec.epochs=1",
+                    "word2vec.alpha=0.0001",
+                    "finetune.enabled=false",
+                ],
+            },
+        )
+
+    assert refused.state == "failed", refused.state
+    states = {ti.task_id: ti.state for ti in refused.get_task_instances()}
+    assert states["gate"] == "failed" and states["publish"] == "upstream_failed"
+    assert publish.read_current(root_b) == version  # CURRENT unchanged
+    assert publish.version_names(root_b) == [version]
+    assert len(publish.version_names(root_b, publish.REJECTED)) == 1  # the candidate, for review
+    alerts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ALERT")]
+    (gate_alert,) = [a for a in alerts if "item_embeddings.gate failed" in a]
+    assert "QualityGateError: quality gate failed" in gate_alert
+    assert "CURRENT unchanged" in gate_alert
