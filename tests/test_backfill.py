@@ -89,7 +89,8 @@ def test_backfill_by_the_scheduler_equals_days_run_one_by_one_and_a_rerun_change
     scheduler_env = {
         "EMBEDDING_RETRIES": "0",
         # no runs on the timetable: unpausing would otherwise queue yesterday's interval;
-        # backfill runs are queued by `backfill create` and still run
+        # backfill runs are queued by `backfill create` and still run. It also stops the
+        # scheduler from creating Asset-triggered runs (test_asset_trigger.py does without it)
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         "EMBEDDING_CONF": str(conf_b),  # belt and braces: any run without a conf uses root B
     }
