@@ -159,3 +159,21 @@ def test_generate_zero_events(tmp_path: Path) -> None:
     line = assert_bad_input(result, "events")
     assert "got 0" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "not a readable run plan"), ("{not json", "not a readable run plan"),
+     ('{"version": "x"}', "not a readable run plan")],
+)  # fmt: skip
+def test_stage_with_a_bad_plan_is_a_clear_error(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    plan = tmp_path / "train.plan.json"
+    if content is not None:
+        plan.write_text(content)
+
+    out = run_cli("stage", "train", "--plan", plan)
+
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and str(plan) in out.stderr
