@@ -227,8 +227,8 @@ def settle_heap(full: bool = False) -> None:
 
     A loaded version adds many long-lived objects; without this every full collection walks
     them again, a 30-60 ms pause of the event loop at 1M items. After a swap only the young
-    generations are collected first (``full=False``): a full collection over two versions
-    would hold the GIL, and so stall every request, for a second or more. Frozen objects are
+    generations are collected first (``full=False``): a full collection would hold the GIL,
+    and so stall every request, while it walks both versions' objects. Frozen objects are
     still freed by reference counting when the next swap drops them (a version holds no
     reference cycles; ``tests/test_serving_reload.py`` checks that the old one goes).
     """
@@ -241,7 +241,7 @@ def _release_free_memory() -> None:
     """Return freed heap pages to the OS (glibc ``malloc_trim``), where there is glibc.
 
     The old version's index and arrays were allocated by a worker thread, in a malloc arena
-    glibc keeps for reuse: without a trim the process stays at two versions' RSS after a swap.
+    glibc keeps for reuse: without a trim the process may stay near two versions' RSS.
     """
     libc = _glibc()
     if libc is not None:
