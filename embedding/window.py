@@ -7,6 +7,7 @@ Output: Arrow tables of sessions and booking pairs for a list of days, and the h
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,6 +19,8 @@ import pyarrow.parquet as pq
 
 from embedding.config import EvaluateConfig
 from embedding.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 DAYS_MARKERS = "_days"
 
@@ -119,22 +122,22 @@ def _latest(sessions: pa.Table, candidates: np.ndarray, share: float) -> np.ndar
 
 def split_sessions(sessions: pa.Table, cfg: EvaluateConfig) -> Split:
     """Test: the last day (``last_day``) or the latest ``holdout_fraction`` of sessions by start
-    (``last_fraction``, for short samples). Validation: the latest ``val_fraction`` of the rest
-    by start, so that it sits between training and test in time. Needs only the
+    (``last_fraction``, for short samples). A ``last_day`` window holding one day only (the
+    first run of a new deployment) falls back to ``last_fraction``, and says so in the
+    holdout description the manifest records. Validation: the latest ``val_fraction`` of the
+    rest by start, so that it sits between training and test in time. Needs only the
     ``session_id``, ``dt`` and ``start_ts`` columns."""
     everything = np.ones(sessions.num_rows, dtype=bool)
-    if cfg.holdout == "last_day":
-        days = sorted(set(sessions.column("dt").to_pylist()))
-        if len(days) < 2:
-            raise InputError(
-                f"the training window holds sessions of {len(days)} day(s) only; the last_day "
-                "holdout needs two or more (use --set evaluate.holdout=last_fraction)"
-            )
+    days = sorted(set(sessions.column("dt").to_pylist())) if cfg.holdout == "last_day" else []
+    if len(days) >= 2:
         is_test = pc.equal(sessions.column("dt"), days[-1]).to_numpy(zero_copy_only=False)
         holdout = f"last_day ({days[-1]})"
     else:
         is_test = _latest(sessions, everything, cfg.holdout_fraction)
         holdout = f"last_fraction ({cfg.holdout_fraction:.0%} of sessions by start time)"
+        if cfg.holdout == "last_day":
+            holdout += f"; last_day needs two days, the window holds {len(days)}"
+            logger.warning("holdout: %s", holdout)
     is_val = _latest(sessions, ~is_test, cfg.val_fraction)
     validation = (
         f"the latest {cfg.val_fraction:.0%} of the other sessions by start time"

@@ -44,8 +44,8 @@ def root_state(root: Path) -> dict:
 
 
 def write_conf(tmp_path: Path, clicks: Path, root: Path) -> Path:
-    """test_dag's tiny config, holding out the latest share of sessions: the first day has no
-    earlier day to train on, and the ``last_day`` holdout needs two days with sessions."""
+    """test_dag's tiny config, holding out the latest share of sessions on every day (with
+    ``last_day`` the first day, alone in its window, would fall back to that anyway)."""
     path = write_dag_conf(tmp_path, clicks, root)
     conf = yaml.safe_load(path.read_text())
     conf["evaluate"]["holdout"] = "last_fraction"

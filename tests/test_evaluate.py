@@ -13,7 +13,6 @@ import pyarrow as pa
 import pytest
 
 from embedding.config import EvaluateConfig, GateConfig
-from embedding.errors import InputError
 from embedding.evaluate import (
     MISS,
     check_gate,
@@ -235,10 +234,18 @@ def test_last_fraction_works_on_a_one_day_window() -> None:
     assert window.train_pairs.num_rows == len(PAIRS)
 
 
-def test_last_day_holdout_on_one_day_is_an_input_error() -> None:
+def test_last_day_holdout_on_one_day_falls_back_to_the_latest_sessions() -> None:
+    """The first run of a new deployment has one day: it still trains, tests on its latest
+    sessions, and the recorded holdout says why."""
     one_day = [s for s in SESSIONS if s[1] == "2026-01-01"]
-    with pytest.raises(InputError, match="last_fraction"):
-        split_holdout(sessions_table(one_day), pairs_table(PAIRS), EvaluateConfig())
+    cfg = EvaluateConfig(holdout="last_day", holdout_fraction=0.2, val_fraction=0)
+
+    window = split_holdout(sessions_table(one_day), pairs_table(PAIRS), cfg)
+
+    assert window.holdout == (
+        "last_fraction (20% of sessions by start time); last_day needs two days, the window holds 1"
+    )
+    assert window.test_sessions.num_rows >= 1 and window.train_sessions.num_rows >= 1
 
 
 def test_missing_pairs_give_an_empty_typed_pairs_table() -> None:
