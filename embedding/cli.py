@@ -29,6 +29,13 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         "--conf", type=Path, default=None, help="YAML config (default: conf/default.yaml)"
     )
     parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="mapping-only YAML (the source section alone, e.g. conf/sources/trivago.yaml) "
+        "layered over the config",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -43,7 +50,7 @@ def _load(args: argparse.Namespace):
     from embedding.config import load_config
 
     conf = args.conf if args.conf is not None else PROJECT_ROOT / "conf" / "default.yaml"
-    return load_config(conf, args.overrides)
+    return load_config(conf, args.overrides, source=getattr(args, "source", None))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,25 +28,22 @@ class _Frozen(BaseModel):
 
 
 class ColumnMap(_Frozen):
-    """Source column name for each canonical click-log column (CONTRACTS §1); None = absent."""
+    """Source column name for each canonical click-log column (CONTRACTS §1); None = absent.
 
-    user_id: str = "user_id"
+    An optional column left at its canonical name (``market: market``) is simply unused when the
+    source has no such column (logged once); one mapped to another name must exist. ``user_id``
+    may be absent when ``session_id`` is there (the session then stands for the user); without
+    ``event`` every row is a click."""
+
+    user_id: str | None = "user_id"
     ts: str = "ts"
     item_id: str = "item_id"
-    event: str = "event"
-    session_id: str | None = None  # when set, the source's sessions are used instead of the gap
+    event: str | None = "event"
+    session_id: str | None = "session_id"  # the source's sessions, used instead of the gap
     market: str | None = "market"
     seq: str | None = None  # order of events sharing a ts (trivago: step)
     shown_items: str | None = None  # items on screen at the event (trivago: impressions)
     shown_prices: str | None = None  # prices aligned with shown_items (trivago: prices)
-
-    def required(self) -> dict[str, str]:
-        return {
-            "user_id": self.user_id,
-            "ts": self.ts,
-            "item_id": self.item_id,
-            "event": self.event,
-        }
 
     def present(self) -> dict[str, str]:
         """Canonical name -> source name for every mapped column."""
@@ -89,7 +86,10 @@ class SessionizeConfig(_Frozen):
     """Session rules; defaults from Airbnb's KDD'18 listing-embedding paper."""
 
     gap_minutes: float = Field(30.0, gt=0)  # inactivity that starts a new session
-    min_dwell_s: float | None = Field(30.0, ge=0)  # drop non-booking events shorter; None: off
+    # drop non-booking events left within this many seconds (Airbnb); None: off. Off by default:
+    # on the real logs browsing seconds apart is normal (trivago, yoochoose, globo lost 27-80% of
+    # their events to a 30 s rule), and the generator's accidental clicks are few
+    min_dwell_s: float | None = Field(None, ge=0)
     collapse_repeats: bool = True  # consecutive events on one item count once in item_ids
     min_distinct_items: int = Field(2, ge=1)
     max_session_length: int = Field(200, ge=2)
@@ -114,15 +114,18 @@ class WindowConfig(_Frozen):
 
 
 class Word2VecParams(_Frozen):
-    """gensim Word2Vec knobs; see gensim's docs for each. Tuning them matters a lot for recsys."""
+    """gensim Word2Vec knobs; see gensim's docs for each. Tuning them matters a lot for recsys.
 
-    vector_size: int = Field(64, ge=2, le=4096)
+    ``vector_size``, ``sample`` and ``epochs`` left at None are derived from the training corpus
+    (``embedding.auto_params``); the values used are recorded in the manifest and the report."""
+
+    vector_size: int | None = Field(None, ge=2, le=4096)
     window: int = Field(5, ge=1)
     negative: int = Field(10, ge=1)  # noise items drawn per positive pair
     ns_exponent: float = 0.75  # lower: rare items are drawn as negatives more often
-    sample: float = Field(1e-3, ge=0)  # down-sampling threshold for very popular items
-    epochs: int = Field(10, ge=1)
-    min_count: int = Field(2, ge=1)
+    sample: float | None = Field(None, ge=0)  # down-sampling threshold for very popular items
+    epochs: int | None = Field(None, ge=1)
+    min_count: int = Field(1, ge=1)
     alpha: float = Field(0.025, gt=0)
     min_alpha: float = Field(0.0001, ge=0)
     sg: Literal[0, 1] = 1  # 1 skip-gram, 0 CBOW
@@ -165,12 +168,14 @@ class EvaluateConfig(_Frozen):
     # validation: the latest share of the non-test sessions; it picks base or fine-tuned, stops
     # the fine-tune early and ranks the sweep, so the test split is only ever reported
     val_fraction: float = Field(0.1, ge=0, lt=1)
+    # a last_day holdout with fewer next-item cases than this falls back to last_fraction
+    min_test_cases: int = Field(1000, ge=0)
     max_cases: int = Field(20000, ge=1)  # sampled with the seed when there are more
     batch_size: int = Field(2048, ge=1)
     # count-based baselines scored on the same cases (embedding.baselines)
     cooccurrence_window: int = Field(5, ge=1)  # items this close in a train session co-occur
     ppmi_svd: bool = True  # SVD of the PPMI co-occurrence matrix (Levy et al. 2015)
-    ppmi_svd_dim: int | None = Field(None, ge=2)  # None: word2vec.vector_size
+    ppmi_svd_dim: int | None = Field(None, ge=2)  # None: the trained vectors' dimension
     booked_max_position: int = Field(10, ge=1)  # booked-item rank: click positions reported
 
 
@@ -187,8 +192,12 @@ class GateConfig(_Frozen):
     """The published vectors must reach these next-item figures on the holdout."""
 
     metric: Literal["hr@10", "mrr@20"] = "hr@10"
-    min_value: float = Field(0.01, ge=0)
-    min_lift_over_popularity: float = Field(1.0, ge=0)  # candidate / popularity baseline
+    min_value: float = Field(0.0, ge=0)  # absolute floor of the metric; 0: off
+    # the candidate must beat min_lift x popularity with this one-sided confidence: the lower
+    # bound of a paired bootstrap over test sessions of candidate - min_lift x popularity > 0
+    min_lift_over_popularity: float = Field(1.0, ge=0)
+    confidence: float = Field(0.95, ge=0.5, lt=1)
+    bootstrap_resamples: int = Field(1000, ge=100)
     # the latest version published before this run's last day, re-scored on the same cases: the
     # candidate may fall below it by at most this share of its figure
     max_drop_vs_previous: float = Field(0.1, ge=0, le=1)
@@ -320,22 +329,41 @@ def _format_validation(exc: ValidationError, origin: str) -> str:
     return f"{origin}: invalid configuration: " + "; ".join(problems)
 
 
-def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (None = built-in defaults) and apply dotted overrides."""
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({_one_line(exc)})") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return loaded
+
+
+def load_config(
+    path: Path | str | None = None,
+    overrides: list[str] | None = None,
+    source: Path | str | None = None,
+) -> Config:
+    """Read a YAML config (None = built-in defaults), layer a mapping-only source file over its
+    ``source`` section (its keys replace the config's, e.g. ``columns`` as a whole), then apply
+    dotted overrides."""
     tree: dict[str, Any] = {}
     origin = "defaults"
     if path is not None:
-        path = Path(path)
         origin = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({_one_line(exc)})") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-        tree = loaded
+        tree = _read_yaml(Path(path))
+    if source is not None:
+        mapping = _read_yaml(Path(source))
+        extra = sorted(set(mapping) - {"source"})
+        if extra:
+            raise ConfigError(
+                f"{source}: a source file maps columns and events only (the 'source' section); "
+                f"it also sets {', '.join(extra)}: put those in a config (--conf) or --set"
+            )
+        tree = {**tree, "source": {**tree.get("source", {}), **mapping.get("source", {})}}
+        origin = f"{origin} + {source}"
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(tree, key, value)

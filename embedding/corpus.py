@@ -71,6 +71,18 @@ class ParquetSessionCorpus:
         self.n_sessions = 0  # of the last complete pass
         self.n_booked = 0
 
+    def shape(self) -> tuple[int, int]:
+        """(tokens in one pass, distinct items) of the stream; reads one pass when none has run
+        yet (with ``compact``, that pass is the one later passes replay)."""
+        if self._chunks is None:
+            n_tokens = sum(len(session) for session in self)
+        else:
+            n_tokens = sum(
+                int(np.diff(c.bounds).astype(np.int64) @ np.where(c.booked, self.oversample, 1))
+                for c in self._chunks
+            )
+        return n_tokens, len(self._names)
+
     @property
     def cache_bytes(self) -> int:
         """Memory held by the replayed codes (0 before a complete pass or when not compact)."""

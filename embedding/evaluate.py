@@ -36,11 +36,87 @@ def next_item_cases(item_lists: Iterable[list[str]]) -> list[tuple[str, str]]:
     return [(a, b) for items in item_lists for a, b in pairwise(items) if a != b]
 
 
+def _sample_rows(n: int, max_cases: int, seed: int) -> np.ndarray:
+    if n <= max_cases:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_cases, replace=False))
+
+
 def sample_cases(cases: list[tuple[str, str]], max_cases: int, seed: int) -> list[tuple[str, str]]:
-    if len(cases) <= max_cases:
-        return cases
-    keep = np.random.default_rng(seed).choice(len(cases), size=max_cases, replace=False)
-    return [cases[i] for i in sorted(keep)]
+    return [cases[i] for i in _sample_rows(len(cases), max_cases, seed)]
+
+
+def case_sessions(item_lists: list[list[str]]) -> np.ndarray:
+    """The session (row of ``item_lists``) of each case of ``next_item_cases``, in order."""
+    return np.array(
+        [s for s, items in enumerate(item_lists) for a, b in pairwise(items) if a != b],
+        dtype=np.int64,
+    )
+
+
+def per_case(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Each case's contribution to ``metric`` (hr@K: hit or not; mrr@K: reciprocal rank)."""
+    name, k = metric.split("@")
+    capped = np.minimum(ranks, MISS - 2).astype(np.float64)
+    inside = ranks < int(k)
+    if name == "hr":
+        return inside.astype(np.float64)
+    return np.where(inside, 1.0 / (capped + 1.0), 0.0)
+
+
+def bootstrap_lift(
+    candidate: np.ndarray,
+    popularity: np.ndarray,
+    sessions: np.ndarray,
+    gate: GateConfig,
+    seed: int,
+) -> dict:
+    """Paired bootstrap over test sessions of ``mean(candidate) - min_lift x mean(popularity)``
+    (per-case figures of the gate metric): its one-sided lower bound at ``gate.confidence``.
+    Sessions, not cases, are resampled: the cases of one session are not independent."""
+    _, session = np.unique(sessions, return_inverse=True)
+    n = int(session.max()) + 1 if session.size else 0
+    point = (
+        float(candidate.mean() - gate.min_lift_over_popularity * popularity.mean()) if n else 0.0
+    )
+    if n == 0:
+        return {"lower": None, "diff": point, "n_sessions": 0}
+    c = np.bincount(session, weights=candidate, minlength=n)
+    p = np.bincount(session, weights=popularity, minlength=n)
+    k = np.bincount(session, minlength=n).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for lo in range(0, gate.bootstrap_resamples, 100):
+        idx = rng.integers(0, n, size=(min(100, gate.bootstrap_resamples - lo), n))
+        diffs.append(
+            (c[idx].sum(1) - gate.min_lift_over_popularity * p[idx].sum(1)) / k[idx].sum(1)
+        )
+    diffs = np.concatenate(diffs)
+    return {
+        "diff": point,
+        "lower": float(np.quantile(diffs, 1 - gate.confidence)),
+        "upper": float(np.quantile(diffs, gate.confidence)),
+        "confidence": gate.confidence,
+        "resamples": gate.bootstrap_resamples,
+        "n_sessions": n,
+        "n_cases": int(candidate.size),
+        "method": "paired bootstrap over test sessions",
+    }
+
+
+def baseline_ratios(result: dict, names: Iterable[str]) -> dict:
+    """Each candidate's figure over each count baseline's (None when the baseline is 0)."""
+    out: dict = {}
+    for name in names:
+        out[name] = {
+            base: {
+                m: (result[name][m] / result[base][m] if result[base][m] > 0 else None)
+                for m in ("hr@10", "mrr@20")
+            }
+            for base in ("popularity", "cooccurrence", "ppmi_svd")
+            if base in result
+        }
+    return out
 
 
 def embedding_ranks(
@@ -126,14 +202,20 @@ def evaluate_candidates(
     seed: int,
     test_conversions: pa.Table | None = None,
     svd_dim: int = 64,
+    gate: GateConfig | None = None,
 ) -> dict:
     """Metrics of every candidate and of the baselines on the same cases: next-item ranking,
-    and on the test sessions' bookings the booked-item rank by click position and, when the
-    source recorded what was on screen, the impression re-rank."""
+    its ratios to the count baselines (``vs_baselines``), with ``gate`` each candidate's lift
+    over popularity with a bootstrap bound (``lift_ci``), and on the test sessions' bookings
+    the booked-item rank by click position and, when the source recorded what was on screen,
+    the impression re-rank."""
     train_lists = train_sessions.column("item_ids").to_pylist()
     train_counts = Counter(item for items in train_lists for item in items)
-    all_cases = next_item_cases(test_sessions.column("item_ids").to_pylist())
-    cases = sample_cases(all_cases, cfg.max_cases, seed)
+    test_lists = test_sessions.column("item_ids").to_pylist()
+    all_cases = next_item_cases(test_lists)
+    kept = _sample_rows(len(all_cases), cfg.max_cases, seed)
+    cases = [all_cases[i] for i in kept]
+    sessions = case_sessions(test_lists)[kept]
     result: dict = {"n_cases": len(cases), "n_cases_total": len(all_cases)}
     reference = next(iter(candidates.values()))
     covered = embedding_ranks(reference, cases, cfg.batch_size) != MISS if cases else np.zeros(0)
@@ -154,6 +236,13 @@ def evaluate_candidates(
             result[name]["covered"]["hr@10"],
             len(cases),
         )
+    result["vs_baselines"] = baseline_ratios(result, candidates)
+    if gate is not None:
+        result["lift_ci"] = {
+            name: bootstrap_lift(per_case(methods[name], gate.metric),
+                                 per_case(methods["popularity"], gate.metric), sessions, gate, seed)
+            for name in candidates
+        }  # fmt: skip
     if test_conversions is not None and test_conversions.num_rows:
         scored = {**baseline_vectors, **candidates}
         result["booked_item"] = {
@@ -248,14 +337,25 @@ def neighbour_stability(
 
 def check_gate(metrics: dict, candidate: str, gate: GateConfig) -> dict:
     """Gate verdict for ``candidate``: its metric must reach ``min_value``, beat popularity by
-    ``min_lift_over_popularity`` and, when a previous version exists (``metrics["previous"]``,
-    re-scored on the same cases), not fall below it by more than ``max_drop_vs_previous``."""
+    ``min_lift_over_popularity`` (when ``metrics["lift_ci"]`` holds the candidate's bootstrap,
+    with that confidence: the bound's lower end above 0) and, when a previous version exists
+    (``metrics["previous"]``, re-scored on the same cases), not fall below it by more than
+    ``max_drop_vs_previous``."""
     value = metrics[candidate][gate.metric]
     baseline = metrics["popularity"][gate.metric]
     needed = max(gate.min_value, baseline * gate.min_lift_over_popularity)
     reasons = [
         f"min_value {gate.min_value}, popularity {baseline:.4f} x {gate.min_lift_over_popularity}"
     ]
+    lift = metrics.get("lift_ci", {}).get(candidate)
+    confident = True
+    if lift is not None:
+        confident = lift["lower"] is not None and lift["lower"] > 0
+        lower = "none" if lift["lower"] is None else f"{lift['lower']:+.4f}"
+        reasons.append(
+            f"lift over popularity {lift['diff']:+.4f}, {lift.get('confidence', 0):.0%} lower "
+            f"bound {lower} ({'> 0' if confident else 'not > 0'}, {lift['n_sessions']} sessions)"
+        )
     previous = metrics.get("previous")
     if previous:
         floor = previous[gate.metric] * (1 - gate.max_drop_vs_previous)
@@ -266,7 +366,7 @@ def check_gate(metrics: dict, candidate: str, gate: GateConfig) -> dict:
         )
     else:
         reasons.append("no previous version")
-    passed = value >= needed and metrics["n_cases"] > 0
+    passed = value >= needed and confident and metrics["n_cases"] > 0
     reason = (
         f"{candidate} {gate.metric} {value:.4f} {'>=' if passed else '<'} required {needed:.4f} "
         f"({'; '.join(reasons)})"
@@ -278,6 +378,7 @@ def check_gate(metrics: dict, candidate: str, gate: GateConfig) -> dict:
         "metric": gate.metric,
         "value": value,
         "required": needed,
+        "lift_lower_bound": lift["lower"] if lift is not None else None,
         "previous_version": previous["version"] if previous else None,
         "reason": reason,
     }

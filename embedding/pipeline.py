@@ -261,7 +261,7 @@ def training_corpus(cfg: Config, plan: RunPlan):
 
     days = [date.fromisoformat(d) for d in plan.days]
     work = Path(plan.work_dir)
-    keys = load_table(work, "sessions", days, columns=["session_id", "start_ts"])
+    keys = load_table(work, "sessions", days, columns=["session_id", "start_ts", "item_ids"])
     if keys is None:
         raise InputError(f"no session files for {plan.days[0]}..{plan.days[-1]} under {work}")
     split = split_sessions(keys, cfg.evaluate)
@@ -274,6 +274,7 @@ def training_corpus(cfg: Config, plan: RunPlan):
 def train_stage(cfg: Config, plan: RunPlan) -> str:
     """Skip-gram on the training sessions, streamed from their Parquet files (validation and
     test sessions skipped) -> ``word2vec.parquet`` in the run folder."""
+    from embedding.auto_params import resolve_for_corpus
     from embedding.train_w2v import peak_rss_mb, train_word2vec
 
     out = _artefact(plan, "word2vec.parquet")
@@ -281,9 +282,11 @@ def train_stage(cfg: Config, plan: RunPlan) -> str:
         return str(out)
     corpus = training_corpus(cfg, plan)
     history: list[dict] = []
-    vectors = train_word2vec(corpus, cfg.word2vec, cfg.seed, history)
+    params, derived = resolve_for_corpus(cfg.word2vec, corpus)
+    vectors = train_word2vec(corpus, params, cfg.seed, history)
     write_vectors(out, vectors)
     stats = {
+        "resolved": {**params.model_dump(mode="json"), "derived_from_corpus": derived},
         "history": history,
         "corpus": "streamed from the sessions Parquet files, then replayed as int32 codes",
         "corpus_codes_mb": round(corpus.cache_bytes / 2**20, 2),
@@ -378,7 +381,8 @@ def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
         cfg.evaluate,
         cfg.seed,
         test_conversions(plan, data.test_sessions),
-        cfg.evaluate.ppmi_svd_dim or cfg.word2vec.vector_size,
+        cfg.evaluate.ppmi_svd_dim or candidates["word2vec"].dim,
+        cfg.gate,
     )
     metrics["holdout"] = data.holdout
     selectable = {n: v for n, v in candidates.items() if n in SELECTABLE}

@@ -127,9 +127,16 @@ def train_word2vec(
 ) -> ItemVectors:
     """Train skip-gram (or CBOW, ``params.sg=0``) with negative sampling on ``corpus``, any
     re-iterable of item lists (``SessionCorpus`` in memory, ``ParquetSessionCorpus`` streamed);
-    one ``{"epoch", "loss", "words_per_s"}`` per epoch is appended to ``history`` when given."""
+    one ``{"epoch", "loss", "words_per_s"}`` per epoch is appended to ``history`` when given.
+    Knobs left at None (``vector_size``, ``sample``, ``epochs``) are derived from the corpus
+    (``embedding.auto_params``)."""
     from gensim.models import Word2Vec
 
+    from embedding.auto_params import resolve_for_corpus
+
+    params, derived = resolve_for_corpus(params, corpus)
+    if derived:
+        logger.info("word2vec knobs derived from the corpus: %s", derived)
     model = Word2Vec(
         vector_size=params.vector_size,
         window=params.window,

@@ -120,23 +120,42 @@ def _latest(sessions: pa.Table, candidates: np.ndarray, share: float) -> np.ndar
     return mask
 
 
+def _n_cases(sessions: pa.Table, mask: np.ndarray) -> int | None:
+    """Next-item cases (consecutive pairs) of the masked sessions, or None without item_ids."""
+    if "item_ids" not in sessions.column_names:
+        return None
+    lengths = pc.list_value_length(sessions.column("item_ids")).to_numpy(zero_copy_only=False)
+    return int(np.maximum(lengths[mask] - 1, 0).sum())
+
+
 def split_sessions(sessions: pa.Table, cfg: EvaluateConfig) -> Split:
     """Test: the last day (``last_day``) or the latest ``holdout_fraction`` of sessions by start
     (``last_fraction``, for short samples). A ``last_day`` window holding one day only (the
-    first run of a new deployment) falls back to ``last_fraction``, and says so in the
-    holdout description the manifest records. Validation: the latest ``val_fraction`` of the
-    rest by start, so that it sits between training and test in time. Needs only the
-    ``session_id``, ``dt`` and ``start_ts`` columns."""
+    first run of a new deployment), or whose last day yields fewer than ``min_test_cases``
+    next-item cases (a short or quiet last day would leave the gate too few cases to decide),
+    falls back to ``last_fraction``, and says so in the holdout description the manifest
+    records. Validation: the latest ``val_fraction`` of the rest by start, so that it sits
+    between training and test in time. Needs the ``session_id``, ``dt`` and ``start_ts``
+    columns, and ``item_ids`` for the case count (without it the count is not checked)."""
     everything = np.ones(sessions.num_rows, dtype=bool)
     days = sorted(set(sessions.column("dt").to_pylist())) if cfg.holdout == "last_day" else []
+    fallback = None
     if len(days) >= 2:
         is_test = pc.equal(sessions.column("dt"), days[-1]).to_numpy(zero_copy_only=False)
         holdout = f"last_day ({days[-1]})"
-    else:
+        n_cases = _n_cases(sessions, is_test)
+        if n_cases is not None and n_cases < cfg.min_test_cases:
+            fallback = (
+                f"the last day {days[-1]} yields {n_cases} next-item cases, under "
+                f"evaluate.min_test_cases={cfg.min_test_cases}"
+            )
+    elif cfg.holdout == "last_day":
+        fallback = f"last_day needs two days, the window holds {len(days)}"
+    if len(days) < 2 or fallback:
         is_test = _latest(sessions, everything, cfg.holdout_fraction)
         holdout = f"last_fraction ({cfg.holdout_fraction:.0%} of sessions by start time)"
-        if cfg.holdout == "last_day":
-            holdout += f"; last_day needs two days, the window holds {len(days)}"
+        if fallback:
+            holdout += f"; {fallback}"
             logger.warning("holdout: %s", holdout)
     is_val = _latest(sessions, ~is_test, cfg.val_fraction)
     validation = (

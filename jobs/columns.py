@@ -25,3 +25,5 @@ BOOKED_ITEM = "booked_item"
 
 DROP = "drop"
 BOOK = "book"
+TS_OUTLIER = "ts_outlier"  # quarantine reason: a day far from the rest of the log
+CLICK = "click"  # the event of every row when the source has no event column

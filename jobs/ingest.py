@@ -30,12 +30,45 @@ MAX_TS = datetime(2100, 1, 1, tzinfo=UTC)  # sanity bound when no interval end i
 DATA_SUFFIXES = {".parquet": "parquet", ".csv": "csv"}
 
 
+OPTIONAL_COLUMNS = (
+    "user_id",
+    "event",
+    "session_id",
+    "market",
+    "seq",
+    "shown_items",
+    "shown_prices",
+)
+
+
 @dataclass(frozen=True)
 class InputInfo:
     path: Path
     format: str
     files: list[Path]
     columns: list[str]
+    source: SourceConfig  # the config's source with absent optional columns set to None
+    unused: tuple[str, ...] = ()  # optional canonical columns the source does not have
+
+
+def resolve_columns(
+    source: SourceConfig, header: list[str]
+) -> tuple[SourceConfig, tuple[str, ...]]:
+    """The source config with every optional column that is left at its canonical name and
+    missing from ``header`` set to None (unused); a renamed mapping must exist (checked later).
+
+    Raises:
+        InputError: neither ``user_id`` nor ``session_id`` is left.
+    """
+    cols = source.columns
+    unused = tuple(c for c in OPTIONAL_COLUMNS if getattr(cols, c) == c and c not in header)
+    resolved = cols.model_copy(update={c: None for c in unused})
+    if resolved.user_id is None and resolved.session_id is None:
+        raise InputError(
+            "the click log has neither a user_id nor a session_id column; map one under "
+            "source.columns (e.g. a mapping file passed with --source)"
+        )
+    return source.model_copy(update={"columns": resolved}), unused
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
@@ -52,8 +85,9 @@ def inspect_input(
     (``columns``, canonical -> source name; default: the click log's, ``source.columns``).
 
     Runs before Spark starts, so bad input fails in a second with a message naming the file.
+    Optional click-log columns left at their canonical names and absent from the files are
+    unused (``InputInfo.source``, ``InputInfo.unused``).
     """
-    columns = source.columns.present() if columns is None else columns
     if not path.exists():
         raise InputError(f"{path}: input not found")
     if path.is_file():
@@ -76,6 +110,10 @@ def inspect_input(
             f"{path}: cannot tell the format (files end in {sorted(formats)}); "
             "set source.format to parquet or csv"
         )
+    resolved, unused = source, ()
+    if columns is None:
+        resolved, unused = resolve_columns(source, _read_header(files[0], fmt))
+        columns = resolved.columns.present()
     missing_by_file: dict[Path, list[str]] = {}
     header: list[str] = []
     for file in files:
@@ -92,7 +130,8 @@ def inspect_input(
             f"{file}: missing column {', '.join(missing)}{more}; map the source's column "
             f"under {config_key} in the config"
         )
-    return InputInfo(path=path, format=fmt, files=files, columns=header)
+    return InputInfo(path=path, format=fmt, files=files, columns=header, source=resolved,
+                     unused=unused)  # fmt: skip
 
 
 def _read_header(file: Path, fmt: str) -> list[str]:
@@ -141,13 +180,16 @@ def map_columns(raw: DataFrame, source: SourceConfig) -> DataFrame:
     cols = source.columns
     dtypes = dict((f.name, f.dataType) for f in raw.schema.fields)
     event_map = F.create_map(*[F.lit(x) for kv in source.events.items() for x in kv])
-    source_event = as_string(F.col(cols.event))
+    # no event column: every row is a click; no user id: the source's session stands for it
+    source_event = as_string(F.col(cols.event)) if cols.event else F.lit(C.CLICK)
+    event = event_map[source_event] if cols.event else F.lit(C.CLICK)
+    user = cols.user_id or cols.session_id
     mapped = [
-        as_string(F.col(cols.user_id)).alias(C.USER_ID),
+        as_string(F.col(user)).alias(C.USER_ID),
         _parse_ts(F.col(cols.ts), dtypes[cols.ts], source.ts_kind).alias(C.TS),
         as_string(F.col(cols.item_id)).alias(C.ITEM_ID),
         source_event.alias(C.SOURCE_EVENT),
-        event_map[source_event].alias(C.EVENT),
+        event.alias(C.EVENT),
         (as_string(F.col(cols.market)) if cols.market else F.lit(None).cast("string")).alias(
             C.MARKET
         ),

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -453,6 +454,13 @@ def _rule_counts(sessions: DataFrame) -> dict[str, int]:
 def _read_flagged(cfg: Config, input_path: Path, days: list[date] | None) -> DataFrame:
     """Source rows mapped onto the contract, each with its quarantine ``reason`` (or null)."""
     info = inspect_input(input_path, cfg.source)
+    if info.unused:
+        logger.info(
+            "%s has no %s column: unused (%s)",
+            input_path,
+            ", ".join(info.unused),
+            "; ".join(UNUSED_MEANS[c] for c in info.unused if c in UNUSED_MEANS),
+        )
     raw = read_clicks(get_spark(cfg.spark), info)
     if days and "dt" in raw.columns and "dt" not in cfg.source.columns.present().values():
         lo, hi = min(days) - timedelta(days=1), max(days) + timedelta(days=1)
@@ -461,7 +469,41 @@ def _read_flagged(cfg: Config, input_path: Path, days: list[date] | None) -> Dat
     if days:
         end = datetime.combine(max(days) + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
         ts_max = end + timedelta(hours=cfg.ingest.lateness_hours)
-    return flag_rows(map_columns(raw, cfg.source), cfg.ingest, ts_max)
+    return flag_rows(map_columns(raw, info.source), cfg.ingest, ts_max)
+
+
+UNUSED_MEANS = {
+    "event": "every row is a click",
+    "session_id": "sessions are cut at the inactivity gap",
+    "user_id": "the session id stands for the user",
+    "market": "negatives are drawn from all items",
+}
+OUTLIER_SHARE = 0.001  # a day under this share of the median day's rows ...
+OUTLIER_DAYS = 2  # ... and more than this many days from every larger day is an outlier
+
+
+def outlier_days(valid_by_day: dict[str, int]) -> list[str]:
+    """Days far from the bulk of the log in time, whose rows must not stretch the run's window.
+
+    A day is an outlier when it holds under ``OUTLIER_SHARE`` of the median day's rows and lies
+    more than ``OUTLIER_DAYS`` days from every day that is not that small. The median day is
+    the row-weighted median (the day count that the median row's day has), so a long tail of
+    near-empty days cannot pull it down. Pure function of the per-day counts.
+    """
+    if len(valid_by_day) < 2:
+        return []
+    days = sorted(valid_by_day)
+    counts = np.array([valid_by_day[d] for d in days], dtype=np.int64)
+    by_size = np.sort(counts)
+    cumulative = np.cumsum(by_size)
+    median_day = by_size[np.searchsorted(cumulative, cumulative[-1] / 2)]
+    small = counts < OUTLIER_SHARE * median_day
+    if small.all():
+        return []
+    ordinals = np.array([date.fromisoformat(d).toordinal() for d in days])
+    bulk = ordinals[~small]
+    distance = np.abs(ordinals[:, None] - bulk[None, :]).min(axis=1)
+    return [d for d, s, gap in zip(days, small, distance, strict=True) if s and gap > OUTLIER_DAYS]
 
 
 def _count_rows(flagged: DataFrame) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
@@ -503,6 +545,22 @@ def run_sessionize(
     started = time.monotonic()
     flagged = _read_flagged(cfg, input_path, days)
     dropped, bad, valid_by_day = _count_rows(flagged)
+    if days is None and (outliers := outlier_days(valid_by_day)):
+        # quarantined with their own reason: they would stretch the window and name the version
+        n_out = sum(valid_by_day.pop(d) for d in outliers)
+        bad = dict(sorted({**bad, C.TS_OUTLIER: n_out}.items()))
+        logger.warning(
+            "%d rows on %d days far from the rest of the log (%s..%s) quarantined as %s",
+            n_out, len(outliers), outliers[0], outliers[-1], C.TS_OUTLIER,
+        )  # fmt: skip
+        is_outlier = (
+            F.col(C.REASON).isNull()
+            & (F.col(C.EVENT) != C.DROP)
+            & F.to_date(C.TS).cast("string").isin(outliers)
+        )
+        flagged = flagged.withColumn(
+            C.REASON, F.when(is_outlier, F.lit(C.TS_OUTLIER)).otherwise(F.col(C.REASON))
+        )
     _phase("validated the source", started)
     rows_read = sum(dropped.values()) + sum(bad.values()) + sum(valid_by_day.values())
     if rows_read == 0:
