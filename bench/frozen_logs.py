@@ -139,9 +139,8 @@ def read_source(spec: LogSpec, tmp: Path) -> pd.DataFrame:
     out = tmp / f"generated_{spec.name}"
     generate_clicklog(out, GENERATED_EVENTS, GENERATED_DAYS, spec.profile, GENERATED_SEED,
                       date(2026, 1, 1))  # fmt: skip
-    files = sorted(out.rglob("*.parquet"))
-    table = pa.concat_tables([pq.read_table(f).drop_columns(
-        [c for c in ("dt",) if c in pq.read_schema(f).names]) for f in files])  # fmt: skip
+    files = sorted(out.glob("dt=*/*.parquet"))
+    table = pa.concat_tables([pq.read_table(f) for f in files])
     return table.to_pandas().sort_values([spec.user, spec.ts], kind="stable").reset_index(drop=True)
 
 

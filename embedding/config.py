@@ -138,6 +138,11 @@ class FinetuneParams(_Frozen):
     (``embedding.finetune`` explains each knob)."""
 
     enabled: bool = True
+    # what is trained on: booking pairs (context -> booked, Airbnb), click transitions (item ->
+    # an item up to transition_window positions later in a training session: every log has
+    # them, few have bookings) or both
+    pairs: Literal["booking", "transitions", "both"] = "booking"
+    transition_window: int = Field(1, ge=1)
     loss: Literal["infonce", "triplet"] = "infonce"  # triplet: the classic margin alternative
     compare_loss: bool = True  # also train the other loss, reported side by side, not published
     epochs: int = Field(10, ge=1)

@@ -307,6 +307,42 @@ def comparison_loss(cfg: Config) -> str | None:
     return "triplet" if cfg.finetune.loss == "infonce" else "infonce"
 
 
+def transition_pairs(item_lists: list[list[str]], window: int) -> tuple[list[str], list[str]]:
+    """(item, item up to ``window`` positions later) of every session, repeats left out."""
+    first: list[str] = []
+    second: list[str] = []
+    for items in item_lists:
+        for d in range(1, window + 1):
+            for a, b in zip(items, items[d:], strict=False):
+                if a != b:
+                    first.append(a)
+                    second.append(b)
+    return first, second
+
+
+def finetune_pairs(cfg: Config, data: WindowData) -> tuple[tuple[list, list], tuple[list, list]]:
+    """The fine-tune's (train, validation) pairs as (context, target) lists: booking pairs,
+    click transitions (validation: next-item pairs of the validation sessions) or both."""
+    train_ctx: list[str] = []
+    train_tgt: list[str] = []
+    val_ctx: list[str] = []
+    val_tgt: list[str] = []
+    if cfg.finetune.pairs in ("booking", "both"):
+        train_ctx += data.train_pairs.column("context_item").to_pylist()
+        train_tgt += data.train_pairs.column("booked_item").to_pylist()
+        val_ctx += data.val_pairs.column("context_item").to_pylist()
+        val_tgt += data.val_pairs.column("booked_item").to_pylist()
+    if cfg.finetune.pairs in ("transitions", "both"):
+        window = cfg.finetune.transition_window
+        a, b = transition_pairs(data.train_sessions.column("item_ids").to_pylist(), window)
+        train_ctx += a
+        train_tgt += b
+        a, b = transition_pairs(data.val_sessions.column("item_ids").to_pylist(), 1)
+        val_ctx += a
+        val_tgt += b
+    return (train_ctx, train_tgt), (val_ctx, val_tgt)
+
+
 def finetune_stage(cfg: Config, plan: RunPlan) -> str:
     """Contrastive fine-tune on the training booking pairs, early-stopped on the validation
     sessions' pairs -> ``finetuned.parquet``; with ``compare_loss`` the other loss too
@@ -321,20 +357,21 @@ def finetune_stage(cfg: Config, plan: RunPlan) -> str:
 
         data = load_window(cfg, plan)
         markets = item_markets(plan)
-        train, val = data.train_pairs, data.val_pairs
+        (ctx, bkd), (val_ctx, val_bkd) = finetune_pairs(cfg, data)
+        stats["pairs"] = cfg.finetune.pairs
         runs = {"finetuned": cfg.finetune.loss}
         if other := comparison_loss(cfg):
             runs[f"finetuned_{other}"] = other
         for name, loss in runs.items():
             tuned, ft_stats = finetune(
                 base,
-                train.column("context_item").to_pylist(),
-                train.column("booked_item").to_pylist(),
+                ctx,
+                bkd,
                 cfg.finetune,
                 cfg.seed,
                 markets=markets,
-                val_context=val.column("context_item").to_pylist(),
-                val_booked=val.column("booked_item").to_pylist(),
+                val_context=val_ctx,
+                val_booked=val_bkd,
                 loss=loss,
             )
             write_vectors(_artefact(plan, f"{name}.parquet"), tuned)
@@ -448,6 +485,7 @@ def version_report(
         finetune_stats=manifest.get("finetune", {}),
         params=manifest.get("params"),
         data_interval=manifest.get("data_interval"),
+        word2vec_resolved=manifest.get("word2vec", {}).get("resolved"),
     )
     return render_report(data, seed=seed)
 

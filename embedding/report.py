@@ -82,6 +82,8 @@ class ReportData:
     finetune_comparison: Mapping[str, Mapping] = field(default_factory=dict)
     params: dict | None = None  # the resolved config, shown collapsed
     data_interval: dict | None = None  # {"start": "YYYY-MM-DD", "end": "YYYY-MM-DD"}
+    # the skip-gram knobs used (the manifest's word2vec.resolved), derived ones marked
+    word2vec_resolved: Mapping | None = None
 
 
 # ---------------------------------------------------------------- formatting helpers
@@ -698,6 +700,55 @@ def stability_section(metrics: Mapping) -> str:
     return _section("stability", title, body)
 
 
+def baselines_section(metrics: Mapping) -> str:
+    """The published vectors beside the count baselines: ratios and the gate's lift bound."""
+    published = _published(metrics)
+    ratios = (metrics.get("vs_baselines") or {}).get(published)
+    if not ratios:
+        return _section("baselines", "Against the count baselines", _empty("no ratios recorded"))
+    rows = [
+        [base, metrics.get(base, {}).get("hr@10"), r.get("hr@10"), metrics.get(base, {}).get(
+            "mrr@20"), r.get("mrr@20")]
+        for base, r in ratios.items()
+    ]  # fmt: skip
+    headers = ("baseline", "its HR@10", f"{published} / it", "its MRR@20", f"{published} / it")
+    lift = (metrics.get("lift_ci") or {}).get(published)
+    note = (
+        "<p>Ratios above 1: the published vectors rank the held-out next item better than the "
+        "baseline on the same cases. An analyst could serve co-occurrence counts from a SQL "
+        "query; these ratios say what the vectors add.</p>"
+    )
+    if lift:
+        note += (
+            f"<p>Gate: lift over popularity {_esc(_fmt(lift.get('diff')))}, "
+            f"{_esc(_fmt(lift.get('confidence'), 2))} one-sided lower bound "
+            f"{_esc(_fmt(lift.get('lower')))} ({_esc(lift.get('method', ''))}, "
+            f"{_esc(_fmt(lift.get('n_sessions')))} sessions, "
+            f"{_esc(_fmt(lift.get('resamples')))} resamples).</p>"
+        )
+    return _section("baselines", "Against the count baselines", note + _table(headers, rows))
+
+
+def derived_section(resolved: Mapping | None) -> str:
+    derived = (resolved or {}).get("derived_from_corpus")
+    if not resolved:
+        return _section("derived", "Skip-gram knobs used", _empty("not recorded"))
+    keys = ("vector_size", "sample", "epochs", "window", "negative", "ns_exponent", "min_count")
+    rows = [
+        [key, resolved.get(key), "derived from the corpus" if derived and key in derived.get(
+            "derived", ()) else "config"]
+        for key in keys
+    ]  # fmt: skip
+    note = ""
+    if derived:
+        note = (
+            f"<p>Training corpus: {_esc(_fmt(derived.get('n_tokens')))} tokens, "
+            f"{_esc(_fmt(derived.get('n_items')))} items. Rules: {_esc(derived.get('rules'))}.</p>"
+        )
+    return _section("derived", "Skip-gram knobs used", note + _table(("knob", "value", "from"),
+                                                                        rows))  # fmt: skip
+
+
 def params_section(params: Mapping | None) -> str:
     if not params:
         return _section("params", "Configuration", _empty("no configuration given"))
@@ -726,6 +777,7 @@ def render_report(
         summary_section(data),
         selection_section(metrics),
         metrics_section(metrics),
+        baselines_section(metrics),
         previous_section(metrics),
         by_position_section(metrics),
         impressions_section(metrics),
@@ -738,6 +790,7 @@ def render_report(
         projection_section(data, seed, max_points),
         neighbours_section(data, n_examples, k),
         stability_section(metrics),
+        derived_section(data.word2vec_resolved),
         params_section(data.params),
     ]
     return (

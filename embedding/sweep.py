@@ -257,7 +257,10 @@ def format_table(ranked: list[dict], metric: str, popularity: dict | None = None
     for r in ranked:
         name = r["trial"] if not r["trial"].startswith(KNOB_COLUMNS[0][0]) else "grid"
         line = f"{r['rank']:>3} {name[:16]:<16}"
-        line += "".join(f" {r[key]:>{w}g}" for key, _, w in KNOB_COLUMNS)
+        line += "".join(
+            f" {r[key]:>{w}g}" if r[key] is not None else f" {'auto':>{w}}"
+            for key, _, w in KNOB_COLUMNS
+        )
         line += f" {r['n_items']:>6} {r['train_s']:>8.1f} {r['val'][metric]:>10.4f}"
         line += f" {r['val']['mrr@20']:>10.4f}"
         line += f" {r['test'][metric]:>11.4f}" if has_test else ""

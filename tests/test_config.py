@@ -12,15 +12,19 @@ from embedding.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "conf" / "default.yaml"
-TRIVAGO = ROOT / "conf" / "trivago.yaml"
+TRIVAGO = ROOT / "conf" / "sources" / "trivago.yaml"
 
 
 def test_default_yaml_loads_with_its_values() -> None:
     cfg = load_config(DEFAULT)
     assert isinstance(cfg, Config)
     assert cfg.seed == 42
-    assert cfg.word2vec.vector_size == 32
+    # corpus-size knobs are derived from the data unless set (embedding.auto_params)
+    assert cfg.word2vec.vector_size is None
+    assert cfg.word2vec.sample is None and cfg.word2vec.epochs is None
     assert cfg.word2vec.negative == 10
+    assert cfg.sessionize.min_dwell_s is None
+    assert cfg.gate.min_value == 0.0
     assert cfg.finetune.enabled is True
     assert cfg.evaluate.holdout == "last_day"
     assert cfg.source.columns.item_id == "item_id"
@@ -28,7 +32,7 @@ def test_default_yaml_loads_with_its_values() -> None:
 
 
 def test_trivago_yaml_maps_its_columns_and_events() -> None:
-    cfg = load_config(TRIVAGO)
+    cfg = load_config(DEFAULT, source=TRIVAGO)
     assert cfg.source.format == "parquet"
     assert cfg.source.ts_kind == "epoch_s"
     assert cfg.source.columns.item_id == "reference"
@@ -36,9 +40,22 @@ def test_trivago_yaml_maps_its_columns_and_events() -> None:
     assert cfg.source.columns.shown_items == "impressions"
     assert cfg.source.events["clickout item"] == "book"
     assert cfg.source.events["filter selection"] == "drop"
-    assert cfg.evaluate.holdout == "last_fraction"
-    assert cfg.word2vec.vector_size == 64
-    assert cfg.window.days == 2
+    # mapping only: everything else is the default config's
+    assert cfg.model_dump(exclude={"source"}) == load_config(DEFAULT).model_dump(exclude={"source"})
+
+
+def test_a_source_file_may_hold_the_source_section_only(tmp_path: Path) -> None:
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text("source:\n  columns: {item_id: sku}\ngate:\n  min_value: 0.5\n")
+    with pytest.raises(
+        ConfigError, match=r"m.yaml: a source file maps columns and events only.*gate"
+    ):
+        load_config(DEFAULT, source=mapping)
+    mapping.write_text("source:\n  columns: {item_id: sku}\n  ts_kind: epoch_ms\n")
+    cfg = load_config(DEFAULT, ["source.format=csv"], source=mapping)
+    assert cfg.source.columns.item_id == "sku" and cfg.source.ts_kind == "epoch_ms"
+    assert cfg.source.columns.market == "market"  # unmapped columns keep their canonical names
+    assert cfg.source.format == "csv"  # --set still wins
 
 
 def test_no_path_gives_builtin_defaults() -> None:
@@ -155,13 +172,13 @@ def test_events_must_map_something_to_an_item_event() -> None:
 
 def test_config_is_frozen() -> None:
     cfg = load_config(DEFAULT)
-    epochs = cfg.word2vec.epochs
+    negative = cfg.word2vec.negative
     with pytest.raises(ValidationError):
         cfg.seed = 1  # type: ignore[misc]
     with pytest.raises(ValidationError):
-        cfg.word2vec.epochs = epochs + 1  # type: ignore[misc]
+        cfg.word2vec.negative = negative + 1  # type: ignore[misc]
     assert cfg.seed == 42
-    assert cfg.word2vec.epochs == epochs
+    assert cfg.word2vec.negative == negative
 
 
 def test_fingerprint_ignores_paths() -> None:

@@ -196,7 +196,7 @@ def test_last_day_holdout_tests_on_the_last_day() -> None:
     window = split_holdout(
         sessions_table(SESSIONS),
         pairs_table(PAIRS),
-        EvaluateConfig(holdout="last_day", val_fraction=0),
+        EvaluateConfig(holdout="last_day", val_fraction=0, min_test_cases=0),
     )
     assert sorted(window.test_sessions.column("session_id").to_pylist()) == ["s4", "s5"]
     assert sorted(window.train_sessions.column("session_id").to_pylist()) == ["s1", "s2", "s3"]
@@ -248,6 +248,21 @@ def test_last_day_holdout_on_one_day_falls_back_to_the_latest_sessions() -> None
     assert window.test_sessions.num_rows >= 1 and window.train_sessions.num_rows >= 1
 
 
+def test_a_last_day_with_too_few_cases_falls_back_to_the_latest_sessions() -> None:
+    """The last day holds 2 next-item cases (s4, s5): under min_test_cases the gate would
+    decide on too little, so the holdout is the latest share of sessions, and it says why."""
+    cfg = EvaluateConfig(holdout="last_day", holdout_fraction=0.4, val_fraction=0,
+                         min_test_cases=3)  # fmt: skip
+    window = split_holdout(sessions_table(SESSIONS), pairs_table(PAIRS), cfg)
+    assert window.holdout == (
+        "last_fraction (40% of sessions by start time); the last day 2026-01-03 yields 2 "
+        "next-item cases, under evaluate.min_test_cases=3"
+    )
+    enough = split_holdout(sessions_table(SESSIONS), pairs_table(PAIRS),
+                           cfg.model_copy(update={"min_test_cases": 2}))  # fmt: skip
+    assert enough.holdout == "last_day (2026-01-03)"
+
+
 def test_missing_pairs_give_an_empty_typed_pairs_table() -> None:
     for pairs in (None, pairs_table([])):
         window = split_holdout(sessions_table(SESSIONS), pairs, EvaluateConfig())
@@ -257,7 +272,8 @@ def test_missing_pairs_give_an_empty_typed_pairs_table() -> None:
 
 
 def test_validation_sits_between_train_and_test_in_time() -> None:
-    cfg = EvaluateConfig(holdout="last_day", val_fraction=0.34)  # 1 of the 3 non-test sessions
+    # 1 of the 3 non-test sessions
+    cfg = EvaluateConfig(holdout="last_day", val_fraction=0.34, min_test_cases=0)
     window = split_holdout(sessions_table(SESSIONS), pairs_table(PAIRS), cfg)
     assert window.train_sessions.column("session_id").to_pylist() == ["s1", "s2"]
     assert window.val_sessions.column("session_id").to_pylist() == ["s3"]

@@ -28,6 +28,7 @@ SECTIONS = [
     "summary",
     "selection",
     "metrics",
+    "baselines",
     "previous",
     "by_position",
     "impressions",
@@ -36,6 +37,7 @@ SECTIONS = [
     "projection",
     "neighbours",
     "stability",
+    "derived",
     "params",
 ]
 PLOTS = [
