@@ -192,6 +192,15 @@ def run_log(
             run["manifest_gate"] = manifest.get("gate", {}).get("reason")
             run["derived"] = manifest.get("word2vec", {}).get("resolved")
             run["pipeline_selected"] = manifest.get("metrics", {}).get("published")
+            pipeline_metrics = manifest.get("metrics", {})
+            if "impression_rerank" in pipeline_metrics:  # trivago: the pipeline's own re-rank
+                run["impression_rerank_mrr"] = {
+                    k: v["mrr"] for k, v in pipeline_metrics["impression_rerank"]["methods"].items()
+                }
+            if "booked_item" in pipeline_metrics:
+                run["booked_item_hr@10"] = {
+                    k: v["overall"]["hr@10"] for k, v in pipeline_metrics["booked_item"].items()
+                }
             if control_gate and seed == seeds[0]:
                 run["control_gate"] = gate_on_shuffled(spec, root, manifest, seed, overrides)
         logger.info("%s seed %d: exit %d in %.0f s, published HR@10 %.4f, cooc %.4f, svd %.4f",

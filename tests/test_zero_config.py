@@ -69,7 +69,7 @@ def test_yoochoose_rows_publish_with_no_config(yoochoose_run: dict) -> None:
     result = yoochoose_run["result"]
     assert result.returncode == 0, result.stderr[-3000:]
     assert "published:" in result.stdout
-    version, manifest, vectors = published(yoochoose_run["root"])
+    _, manifest, vectors = published(yoochoose_run["root"])
     assert vectors.num_rows > 1000
     # no market, no event column, no user id: unused and said once
     assert "has no user_id, event, market" in result.stderr
