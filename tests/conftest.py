@@ -41,6 +41,7 @@ def small_config(**overrides: object) -> Config:
         "spark.shuffle_partitions": 2,
         "word2vec.workers": 1,
         "finetune.epochs": 5,
+        "finetune.compare_loss": True,  # the report's loss comparison is exercised too
         **overrides,
     }
     as_yaml = {k: v if isinstance(v, str) else json.dumps(v) for k, v in items.items()}

@@ -285,10 +285,15 @@ def test_published_vectors_are_chosen_on_validation_and_training_never_sees_held
     manifest = publish.verify_version(Path(plan.publish_root) / "versions" / plan.version)
     w2v = manifest["word2vec"]
     assert w2v["n_sessions"] == data.train_sessions.num_rows  # streamed, held-out skipped
-    assert w2v["peak_rss_mb"] > 0 and len(w2v["history"]) == cfg.word2vec.epochs
+    assert w2v["peak_rss_mb"] > 0 and len(w2v["history"]) == w2v["resolved"]["epochs"]
+    assert w2v["resolved"]["derived_from_corpus"]["n_tokens"] > 0
     finetune = manifest["finetune"]
     assert finetune["val_source"] == "validation_sessions"
-    assert 0 < finetune["n_val"] <= data.val_pairs.num_rows  # pairs of unknown items dropped
+    # validation pairs: the validation sessions' booking pairs and next-item transitions, pairs
+    # of unknown items dropped
+    n_transitions = sum(len(s) - 1 for s in data.val_sessions.column("item_ids").to_pylist())
+    assert finetune["pairs"] == "both"
+    assert 0 < finetune["n_val"] <= data.val_pairs.num_rows + n_transitions
     assert finetune["loss"] == "infonce"
     (name,) = finetune["comparison"]
     assert name == "finetuned_triplet" and finetune["comparison"][name]["loss"] == "triplet"
