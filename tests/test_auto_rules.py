@@ -36,8 +36,8 @@ def test_only_unset_knobs_are_derived_and_recorded() -> None:
 
 
 def test_days_far_from_the_bulk_are_outliers() -> None:
-    bulk = {f"2017-10-0{d}": n for d, n in zip(range(1, 6), (94_000, 303_000, 261_000,
-                                                               215_000, 27_000), strict=True)}  # fmt: skip
+    counts = (94_000, 303_000, 261_000, 215_000, 27_000)
+    bulk = {f"2017-10-0{d}": n for d, n in zip(range(1, 6), counts, strict=True)}
     tail = {"2017-10-06": 40, "2017-10-07": 30, "2017-10-08": 25, "2017-10-27": 3}
     assert outlier_days({**bulk, **tail}) == ["2017-10-08", "2017-10-27"]  # >2 days from bulk
     # a handful of rows years later, on a small log
