@@ -57,6 +57,7 @@ import pyarrow.parquet as pq
 
 from bench.common import git_commit, git_dirty
 from embedding import PROJECT_ROOT
+from embedding.auto_params import resolve
 from embedding.config import SessionizeConfig, Word2VecParams, load_config
 from embedding.corpus import ParquetSessionCorpus
 from embedding.generate import GROUND_TRUTH_FILE, generate_clicklog
@@ -348,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         len(items) * (params.booked_oversample if booked else 1)
         for items, booked in zip(sessions.items, sessions.booked, strict=True)
     )
+    # knobs left to the corpus (vector_size, sample) resolved as the pipeline would
+    params = resolve(params, corpus_tokens, len(counts))[0]
     words = corpus_tokens * params.epochs
     rss_before_mib = peak_rss_mib()
     import gensim.models  # imported before timing, so no run pays for the import

@@ -131,6 +131,13 @@ class Word2VecParams(_Frozen):
     sg: Literal[0, 1] = 1  # 1 skip-gram, 0 CBOW
     workers: int = Field(2, ge=1)  # >1 is faster but not deterministic
     booked_oversample: int = Field(1, ge=1)  # booked sessions repeated this often in the stream
+    # gensim, or our own PyTorch trainer (embedding.train_sgns) with Airbnb's objective:
+    trainer: Literal["gensim", "torch"] = "gensim"
+    global_context: bool = True  # torch: a booked item is a context of its whole session
+    market_negatives: int = Field(0, ge=0)  # torch: extra negatives from the centre's market
+    batch_size: int = Field(4096, ge=1)  # torch: positive pairs per step
+    torch_lr: float = Field(0.01, gt=0)  # torch: SparseAdam's rate, decayed to a tenth
+    device: str = "auto"  # torch: auto | cpu | cuda | cuda:N
 
 
 class FinetuneParams(_Frozen):

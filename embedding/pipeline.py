@@ -283,7 +283,20 @@ def train_stage(cfg: Config, plan: RunPlan) -> str:
     corpus = training_corpus(cfg, plan)
     history: list[dict] = []
     params, derived = resolve_for_corpus(cfg.word2vec, corpus)
-    vectors = train_word2vec(corpus, params, cfg.seed, history)
+    if params.trainer == "torch":
+        from embedding.train_sgns import train_sgns
+
+        train = load_window(cfg, plan).train_sessions
+        vectors = train_sgns(
+            train.column("item_ids").to_pylist(),
+            params,
+            cfg.seed,
+            booked=train.column("booked_items").to_pylist(),
+            markets=item_markets(plan),
+            history=history,
+        )
+    else:
+        vectors = train_word2vec(corpus, params, cfg.seed, history)
     write_vectors(out, vectors)
     stats = {
         "resolved": {**params.model_dump(mode="json"), "derived_from_corpus": derived},
