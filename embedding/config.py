@@ -136,7 +136,10 @@ class Word2VecParams(_Frozen):
     global_context: bool = True  # torch: a booked item is a context of its whole session
     market_negatives: int = Field(0, ge=0)  # torch: extra negatives from the centre's market
     batch_size: int = Field(4096, ge=1)  # torch: positive pairs per step
-    torch_lr: float = Field(0.01, gt=0)  # torch: SparseAdam's rate, decayed to a tenth
+    # torch: "sgd" sums the batch's losses and steps at alpha decayed to min_alpha (word2vec's
+    # updates, batched); "adam": SparseAdam on the mean loss at torch_lr, decayed to a tenth
+    torch_optimizer: Literal["sgd", "adam"] = "sgd"
+    torch_lr: float = Field(0.01, gt=0)
     device: str = "auto"  # torch: auto | cpu | cuda | cuda:N
 
 

@@ -16,8 +16,10 @@ Objective (Grbovic & Cheng, KDD 2018, section 3.1), skip-gram with negative samp
   uniformly among the centre item's market (items without a market get none), so the space must
   also tell apart items of one market, which random negatives (mostly other markets) never ask.
 
-Training: two tables (input, output), sparse gradients, SparseAdam at ``torch_lr`` decayed
-linearly to a tenth, batches of ``batch_size`` positives, a fixed seed (bit-identical on CPU).
+Training: two tables (input, output), sparse gradients, batches of ``batch_size`` positives, a
+fixed seed (bit-identical on CPU). ``torch_optimizer: sgd`` (default) sums the batch's losses and
+steps at ``alpha`` decayed linearly to ``min_alpha``: word2vec's own updates, batched; ``adam``
+is SparseAdam on the mean loss at ``torch_lr``.
 CPU by default, CUDA when present (``device``). Each epoch logs words/s (tokens of the corpus
 per second) and the mean loss.
 """
@@ -150,9 +152,12 @@ def train_sgns(
     with torch.no_grad():
         emb_in.weight.uniform_(-0.5 / dim, 0.5 / dim)
         emb_out.weight.zero_()
-    optimizer = torch.optim.SparseAdam(
-        list(emb_in.parameters()) + list(emb_out.parameters()), lr=params.torch_lr
-    )
+    tables = list(emb_in.parameters()) + list(emb_out.parameters())
+    sgd = params.torch_optimizer == "sgd"
+    optimizer = (
+        torch.optim.SGD(tables, lr=params.alpha) if sgd
+        else torch.optim.SparseAdam(tables, lr=params.torch_lr)
+    )  # fmt: skip
     generator = torch.Generator(device=device).manual_seed(seed)
     n_neg, n_market = params.negative, params.market_negatives
     n_tokens = int(codes.size)
@@ -163,11 +168,15 @@ def train_sgns(
         if fixed_global.size:
             pairs = np.concatenate([pairs, fixed_global])
         pairs = torch.as_tensor(pairs[rng.permutation(len(pairs))], device=device)
-        lr = params.torch_lr * (1 - 0.9 * (epoch - 1) / max(int(params.epochs), 1))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         total, batches = 0.0, 0
-        for lo in range(0, len(pairs), params.batch_size):
+        n_steps = max(1, -(-len(pairs) // params.batch_size))
+        for step, lo in enumerate(range(0, len(pairs), params.batch_size)):
+            progress = ((epoch - 1) * n_steps + step) / (int(params.epochs) * n_steps)
+            for group in optimizer.param_groups:  # linear decay, as word2vec's alpha
+                group["lr"] = (
+                    params.alpha - (params.alpha - params.min_alpha) * progress if sgd
+                    else params.torch_lr * (1 - 0.9 * progress)
+                )  # fmt: skip
             batch = pairs[lo : lo + params.batch_size]
             centre, context = batch[:, 0], batch[:, 1]
             negs = table[torch.randint(0, NOISE_TABLE, (batch.shape[0], n_neg), device=device,
@@ -185,11 +194,10 @@ def train_sgns(
                 mneg = F.logsigmoid(-(emb_out(picks) @ u.unsqueeze(2)).squeeze(2))
                 mneg = torch.where((picks != centre[:, None]) & has[:, None], mneg, 0.0)
                 loss = loss - mneg.sum(1)
-            loss = loss.mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss.sum() if sgd else loss.mean()).backward()
             optimizer.step()
-            total += float(loss.item())
+            total += float(loss.mean().item())
             batches += 1
         elapsed = time.monotonic() - started
         words_per_s = n_tokens / max(elapsed, 1e-9)

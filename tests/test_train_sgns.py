@@ -42,13 +42,18 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def booked_to_session_cosine(vectors, sessions, booked) -> float:
+    """Mean cosine of a booked item to the other items of its session, less its mean cosine to
+    all items (so a space where everything is alike scores 0)."""
     index = vectors.index()
+    table = vectors.vectors
+    centre = table.mean(axis=0)
     sims = []
     for items, targets in zip(sessions, booked, strict=True):
         for target in targets:
             others = [index[i] for i in items if i != target and i in index]
             if target in index and others:
-                sims.append(float((vectors.vectors[others] @ vectors.vectors[index[target]]).mean()))
+                row = table[index[target]]
+                sims.append(float((table[others] @ row).mean() - centre @ row))
     return float(np.mean(sims))
 
 
