@@ -17,7 +17,9 @@ Both methods train on the same corpus with the same ``Word2VecParams`` (defaults
   (``compute_loss=True`` included, as the project logs the loss per epoch) and nothing else (the
   same-run reference of STYLE rule 15); ``words_ratio`` compares with it, so it measures what
   streaming from Parquet costs;
-- ``ref_noloss``: the same without the loss, to show what logging the loss costs.
+- ``ref_noloss``: the same without the loss, to show what logging the loss costs;
+- ``torch_sgns``: our own PyTorch trainer (``embedding.train_sgns``) on the same in-memory
+  sessions and knobs, as many torch threads as gensim workers (``torch_words_ratio``).
 
 Reported per method: median and best wall time of ``--repeats`` runs, words/s (corpus tokens x
 epochs / median time), the ratio project / reference, and a quality figure from the ground truth:
@@ -232,6 +234,21 @@ def run_project(sessions: Sessions, params: Word2VecParams) -> tuple[float, list
     return elapsed, result.ids, result.vectors
 
 
+def run_torch(sessions: Sessions, params: Word2VecParams) -> tuple[float, list[str], np.ndarray]:
+    """Our own trainer (``embedding.train_sgns``, Airbnb's objective off: no bookings or markets
+    given) on the same in-memory sessions and knobs, with as many torch threads as gensim has
+    workers."""
+    import torch
+
+    from embedding.train_sgns import train_sgns
+
+    torch.set_num_threads(params.workers)
+    started = time.perf_counter()
+    result = train_sgns(sessions.items, params.model_copy(update={"trainer": "torch"}), SEED)
+    elapsed = time.perf_counter() - started
+    return elapsed, result.ids, result.vectors
+
+
 def finetune_throughput(
     ids: list[str], vectors: np.ndarray, sessions: Sessions, device: str
 ) -> dict:
@@ -362,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "project": run_project,
         "reference": run_reference,
         "ref_noloss": lambda sessions, params: run_reference(sessions, params, False),
+        "torch_sgns": run_torch,
     }
     results = {name: MethodResult(name) for name in methods}
     for repeat in range(args.repeats):
@@ -416,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "project_words_per_s": words / project.median_s,
         "gensim_words_per_s": words / reference.median_s,
         "words_ratio": reference.median_s / project.median_s,  # >= 0.9: streaming costs <= 10%
+        # our own PyTorch trainer (embedding.train_sgns) against gensim, same corpus and knobs
+        "torch_words_per_s": words / results["torch_sgns"].median_s,
+        "torch_words_ratio": reference.median_s / results["torch_sgns"].median_s,
         "finetune_pairs_per_s_cpu": finetune_runs["cpu"]["pairs_per_s"],
         "finetune_pairs_per_s_gpu": gpu["pairs_per_s"] if gpu else None,
         "finetune": finetune_runs,

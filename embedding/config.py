@@ -183,6 +183,10 @@ class EvaluateConfig(_Frozen):
     # validation: the latest share of the non-test sessions; it picks base or fine-tuned, stops
     # the fine-tune early and ranks the sweep, so the test split is only ever reported
     val_fraction: float = Field(0.1, ge=0, lt=1)
+    # after the gate, the chosen vectors are retrained on every session of the window (train,
+    # validation and test) with the same settings and published: the gated model never saw the
+    # latest sessions, and for short-lived items (news) those are the ones that matter
+    refit: bool = True
     # a last_day holdout with fewer next-item cases than this falls back to last_fraction
     min_test_cases: int = Field(1000, ge=0)
     max_cases: int = Field(20000, ge=1)  # sampled with the seed when there are more

@@ -394,8 +394,12 @@ def finetune(
     val_context: list[str] | None = None,
     val_booked: list[str] | None = None,
     loss: str | None = None,
+    fixed_epochs: bool = False,
 ) -> tuple[ItemVectors, FinetuneStats]:
     """Fine-tune ``base`` on (context, booked) pairs; pairs with unknown items are skipped.
+
+    ``fixed_epochs``: run ``params.epochs`` epochs and keep the last, with no validation (the
+    refit on the whole window, whose epoch count was chosen by an earlier run).
 
     ``markets`` (item id -> market) enables same-market hard negatives; ``val_context`` /
     ``val_booked`` are validation pairs for early stopping (used when at least
@@ -514,6 +518,8 @@ def finetune(
         return value
 
     best = base_table.clone()
+    if fixed_epochs:
+        val_ctx = val_bkd = val_ctx[:0]  # no validation: recall_at_k of nothing is 0
     stats.val_recall_base = stats.val_recall_best = recall_at_k(
         table.detach(), val_ctx, val_bkd, params.recall_k
     )
@@ -591,7 +597,9 @@ def finetune(
             last_lr,
             temp_now,
         )
-        if recall > stats.val_recall_best:
+        if fixed_epochs:
+            stats.best_epoch, best = epoch, table.detach().clone()
+        elif recall > stats.val_recall_best:
             stats.val_recall_best, stats.best_epoch = recall, epoch
             best = table.detach().clone()
             stale = 0

@@ -397,6 +397,59 @@ def finetune_stage(cfg: Config, plan: RunPlan) -> str:
 
 
 SELECTABLE = ("word2vec", "finetuned")  # the comparison loss is reported, never published
+REFIT_FILE = "refit.parquet"
+
+
+def refit_stage(cfg: Config, plan: RunPlan, chosen: str) -> tuple[ItemVectors, dict]:
+    """The chosen candidate retrained on every session of the window (train, validation and
+    test) with the settings the gated run used: the same resolved skip-gram knobs and, for the
+    fine-tuned vectors, as many fine-tune epochs as validation chose. -> ``refit.parquet``
+    (reused when a retried publish finds it)."""
+    from embedding.corpus import ParquetSessionCorpus
+    from embedding.train_w2v import train_word2vec
+
+    out = _artefact(plan, REFIT_FILE)
+    days = [date.fromisoformat(d) for d in plan.days]
+    work = Path(plan.work_dir)
+    w2v_stats = json.loads(_artefact(plan, "word2vec_stats.json").read_text())
+    resolved = {k: v for k, v in w2v_stats["resolved"].items() if k != "derived_from_corpus"}
+    params = cfg.word2vec.model_validate(resolved)
+    ft_stats = json.loads(_artefact(plan, "finetune_stats.json").read_text())
+    epochs = int(ft_stats.get("best_epoch") or 0) if chosen == "finetuned" else 0
+    record = {"chosen": chosen, "word2vec_epochs": params.epochs, "finetune_epochs": epochs}
+    if out.is_file():
+        return read_vectors(out)[0], record
+    sessions = load_table(work, "sessions", days)
+    record["n_sessions"] = sessions.num_rows
+    if params.trainer == "torch":
+        from embedding.train_sgns import train_sgns
+
+        vectors = train_sgns(sessions.column("item_ids").to_pylist(), params, cfg.seed,
+                             booked=sessions.column("booked_items").to_pylist(),
+                             markets=item_markets(plan))  # fmt: skip
+    else:
+        corpus = ParquetSessionCorpus(
+            table_files(work, "sessions", days), set(), params.booked_oversample
+        )
+        vectors = train_word2vec(corpus, params, cfg.seed)
+    if epochs > 0:
+        from embedding.finetune import finetune
+
+        everything = WindowData(sessions, sessions.slice(0, 0), sessions.slice(0, 0),
+                                load_table(work, "booking_pairs", days) or _no_pairs(),
+                                _no_pairs(), "", "")  # fmt: skip
+        (ctx, tgt), _ = finetune_pairs(cfg, everything)
+        ft = cfg.finetune.model_copy(update={"epochs": epochs, "val_fraction": 0.0})
+        vectors, _ = finetune(vectors, ctx, tgt, ft, cfg.seed, markets=item_markets(plan),
+                              fixed_epochs=True)  # fmt: skip
+    write_vectors(out, vectors)
+    logger.info("refit on all %d sessions of the window: %s", sessions.num_rows, record)
+    return vectors, record
+
+
+def _no_pairs() -> pa.Table:
+    return pa.table({c: pa.array([], pa.string()) for c in
+                     ("session_id", "context_item", "booked_item", "market")})  # fmt: skip
 
 
 def _candidates(cfg: Config, plan: RunPlan) -> dict[str, ItemVectors]:
@@ -537,11 +590,23 @@ def publish_stage(
         from embedding.ann_index import write_version_index
         from embedding.cold_start import with_cold_start
 
-        final = _candidates(cfg, plan)[evaluation["metrics"]["published"]]
+        chosen = evaluation["metrics"]["published"]
+        final = _candidates(cfg, plan)[chosen]
         markets = item_markets(plan)
         cold: set[str] = set()
         cold_file = _artefact(plan, COLD_START_FILE)
-        if cold_file.is_file():
+        extra = dict(extra or {})
+        if cfg.evaluate.refit:
+            from embedding.cold_start import cold_start_vectors
+
+            final, extra["refit"] = refit_stage(cfg, plan, chosen)
+            meta = load_item_meta(plan)
+            if meta is not None and cfg.cold_start.enabled:  # from the refit space
+                vectors = cold_start_vectors(final, meta, cfg.cold_start.k)
+                final, cold = with_cold_start(final, vectors)
+                table_markets = dict(zip(meta.ids, meta.markets, strict=True))
+                markets = {**{i: table_markets.get(i) for i in cold}, **markets}
+        elif cold_file.is_file():
             extra_vectors, extra_markets = read_vectors(cold_file)
             final, cold = with_cold_start(
                 final, dict(zip(extra_vectors.ids, extra_vectors.vectors, strict=True))
