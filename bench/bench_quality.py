@@ -269,10 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     code = args.code.resolve()
     started = time.monotonic()
+    logs: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         work = args.work.resolve() if args.work else Path(tmp)
-        logs = {
-            name: run_log(
+        for name in args.logs.split(","):
+            logs[name] = run_log(
                 name,
                 seeds,
                 code,
@@ -280,8 +281,17 @@ def main(argv: list[str] | None = None) -> int:
                 not args.no_control_gate and code == PROJECT_ROOT,
                 args.overrides,
             )
-            for name in args.logs.split(",")
-        }
+            write_result(args, logs, seeds, code, started, partial=True)
+    result = write_result(args, logs, seeds, code, started, partial=False)
+    print_table(logs)
+    print(json.dumps(result["summary"], indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def write_result(args, logs: dict, seeds: list[int], code: Path, started: float,
+                 partial: bool) -> dict:  # fmt: skip
+    """The JSON so far (after each log, so a long run leaves its figures behind)."""
     result = {
         "benchmark": "quality (frozen harness)",
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -293,13 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.monotonic() - started, 1),
         "logs": logs,
         "summary": summarise(logs),
+        "partial": partial,
     }
-    print_table(logs)
-    print(json.dumps(result["summary"], indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
-    return 0
+    return result
 
 
 if __name__ == "__main__":
