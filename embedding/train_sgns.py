@@ -123,6 +123,7 @@ def train_sgns(
     ``embedding.auto_params``)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # bit-identical on CPU
     device = pick_device(params.device)
     ids, codes, offsets = encode(sessions)
     n_items, dim = len(ids), int(params.vector_size)
