@@ -68,7 +68,7 @@ bench: bench-train bench-data bench-quality bench-serve bench-e2e ## every bench
 bench-train: install ## skip-gram wrapper vs raw gensim on the same corpus -> bench/results/train.json
 	$(PY) -m bench.bench_train
 
-bench-quality: install ## default config vs baselines and text defaults, 3 seeds, standard/sparse/trivago -> bench/results/quality.json
+bench-quality: install ## default config vs baselines and text defaults, 3 seeds, trivago/yoochoose/globo + generator standard/sparse -> bench/results/quality.json
 	$(PY) -m bench.bench_quality
 
 bench-data: install ## Spark sessionize vs the same rules in DuckDB, 1M/3M/10M events -> bench/results/data.json

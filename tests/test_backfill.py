@@ -73,12 +73,6 @@ def failure_report(airflow: LocalAirflow, runs: list[dict]) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="failed in the session's fresh-clone CI after the refit and transition fine-tune "
-    "landed (the byte-identity part now holds; the rest is not yet diagnosed): see the closing "
-    "note of the session that added this mark",
-)
 def test_backfill_by_the_scheduler_equals_days_run_one_by_one_and_a_rerun_changes_nothing(
     airflow_db: Path, tmp_path: Path, spark, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -128,12 +128,6 @@ def published_data(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="failed in the session's fresh-clone CI after the refit and transition fine-tune "
-    "landed (the byte-identity part now holds; the rest is not yet diagnosed): see the closing "
-    "note of the session that added this mark",
-)
 def test_dag_end_to_end_a_killed_training_reruns_to_the_same_output_a_failed_gate_keeps_current(
     airflow_db: Path,
     tmp_path: Path,
