@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -55,6 +53,7 @@ from jobs.sessionize import (
     commit_day,
     day_partition,
 )
+from jobs.user_hash import hmac_pads, resolve_salt
 
 logger = logging.getLogger("bench.duckdb_sessionize")
 
@@ -326,10 +325,6 @@ RULE_COUNTS_SQL = """
 """
 
 
-def _user_salt(cfg: Config) -> str:
-    return os.environ.get(cfg.sessionize.salt_env, "")
-
-
 def run_duckdb_sessionize(
     cfg: Config, input_path: Path, out_dir: Path, threads: int | None = None
 ) -> dict:
@@ -364,7 +359,11 @@ def run_duckdb_sessionize(
         with duckdb.connect(config={"threads": threads} if threads else {}) as con:
             con.execute("SET TimeZone = 'UTC'")
             con.execute(f"SET temp_directory = {_lit(str(scratch))}")
-            con.execute("SET VARIABLE salt = $salt", {"salt": _user_salt(cfg)})
+            if rules.hash_user_ids:  # the same HMAC-SHA256 and salt as the Spark job
+                salt, salt_source = resolve_salt(rules.salt_env, out_dir)
+                ipad, opad = hmac_pads(salt)
+                con.execute("SET VARIABLE ipad = $k", {"k": ipad})
+                con.execute("SET VARIABLE opad = $k", {"k": opad})
             con.execute(f"CREATE TEMP VIEW flagged AS {_flagged_sql(cfg, info.files, schema)}")
             t = time.monotonic()
             rows = con.execute(
@@ -389,7 +388,10 @@ def run_duckdb_sessionize(
                     f"{cfg.ingest.max_bad_share}"
                 )
             t = step("validate", t)
-            user = "substr(sha256(getvariable('salt') || user_id), 1, 16)"
+            user = (
+                "substr(sha256(getvariable('opad') || "
+                "unhex(sha256(getvariable('ipad') || encode(user_id)))), 1, 16)"
+            )
             con.execute(
                 f"""CREATE TEMP TABLE events AS
                 SELECT {user if rules.hash_user_ids else "user_id"} AS user_id,
@@ -418,8 +420,7 @@ def run_duckdb_sessionize(
                 events_valid=n_unique,
             )
             if rules.hash_user_ids:
-                salt = _user_salt(cfg)
-                result.user_salt_fingerprint = hashlib.sha256(salt.encode()).hexdigest()[:12]
+                result.user_salt_source = salt_source
             staging = out_dir / ".staging" / f"{days[0]}_{days[-1]}"
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)

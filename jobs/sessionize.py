@@ -20,10 +20,8 @@ sessions truncated. Rebuilding a day replaces exactly that day's partitions.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -54,6 +52,7 @@ from jobs.ingest import (
 )
 from jobs.items import read_item_table
 from jobs.spark import get_spark
+from jobs.user_hash import hash_users, resolve_salt
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +70,6 @@ TABLES = {
     ITEMS: [C.ITEM_ID],
 }
 EVENT_KEY = [C.USER_ID, C.TS, C.ITEM_ID, C.EVENT, C.SEQ, C.SOURCE_SESSION_ID, C.MARKET]
-
-
-def hash_users(events: DataFrame, salt: str) -> DataFrame:
-    """Replace ``user_id`` by the first 16 hex of sha256(salt + user_id)."""
-    digest = F.sha2(F.concat(F.lit(salt), F.col(C.USER_ID)), 256)
-    return events.withColumn(C.USER_ID, F.substring(digest, 1, 16))
 
 
 def _order(*extra: str | Column) -> list:
@@ -350,7 +343,7 @@ class SessionizeResult:
     booking_pairs: int = 0
     quarantine_path: str | None = None
     item_table: dict | None = None  # jobs.items.ItemTableResult, when an item table was given
-    user_salt_fingerprint: str | None = None
+    user_salt_source: str | None = None  # "env:<NAME>" or "file": nothing derived from it
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -416,13 +409,6 @@ def commit_day(
     tmp.write_text(json.dumps(stats, indent=1, sort_keys=True))
     tmp.replace(marker)
     return stats
-
-
-def _user_salt(rules: SessionizeConfig) -> str:
-    salt = os.environ.get(rules.salt_env, "")
-    if rules.hash_user_ids and not salt:
-        logger.warning("%s is not set: user ids are hashed without a salt", rules.salt_env)
-    return salt
 
 
 def _rule_counts(sessions: DataFrame) -> dict[str, int]:
@@ -545,6 +531,11 @@ def run_sessionize(
         InputError: missing/empty input, missing columns, no valid events, too many bad rows.
     """
     started = time.monotonic()
+    rules = cfg.sessionize
+    # resolved first: a salt too short stops the run before any event is read
+    salt, salt_source = (b"", None)
+    if rules.hash_user_ids:
+        salt, salt_source = resolve_salt(rules.salt_env, work_dir)
     flagged = _read_flagged(cfg, input_path, days)
     dropped, bad, valid_by_day = _count_rows(flagged)
     if days is None and (outliers := outlier_days(valid_by_day)):
@@ -617,10 +608,8 @@ def run_sessionize(
     events = (
         valid_events(flagged).where(F.col(C.DAY).isin(day_strs)).drop(C.SOURCE_FILE, C.SOURCE_EVENT)
     )
-    rules = cfg.sessionize
     if rules.hash_user_ids:
-        salt = _user_salt(rules)
-        result.user_salt_fingerprint = hashlib.sha256(salt.encode()).hexdigest()[:12]
+        result.user_salt_source = salt_source
         events = hash_users(events, salt)
     # hash-partitioned by (hashed) user once: the dedupe, every session window and the
     # per-session grouping all reuse that layout, so the events are shuffled once

@@ -25,6 +25,10 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+# a fixed user-id salt: outputs are reproducible across work folders (tests of the salt itself
+# unset it); without it every work folder would get its own random salt
+TEST_USER_SALT = "tests-fixed-user-id-salt-0123456789"
+os.environ["EMBEDDING_USER_SALT"] = TEST_USER_SALT
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

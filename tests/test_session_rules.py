@@ -4,6 +4,10 @@ and a property: every input row ends in exactly one place."""
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
+import logging
+import stat
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +19,7 @@ from conftest import day_markers, small_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedding.errors import InputError
+from embedding.errors import ConfigError, InputError
 from embedding.window import load_table
 from jobs.sessionize import run_sessionize
 
@@ -138,16 +142,69 @@ def test_wrong_type_in_csv_is_quarantined(spark, tmp_path: Path) -> None:
     assert result.quarantined_by_reason == {"bad_ts": 1, "wrong_type_seq": 1}
 
 
-def test_user_ids_are_hashed_with_the_salt_from_the_environment(
+def spark_plans(spark) -> list[str]:
+    """The physical plans of every SQL execution this Spark session has run (its UI's SQL tab)."""
+    executions = spark._jsparkSession.sharedState().statusStore().executionsList()
+    return [executions.apply(i).physicalPlanDescription() for i in range(executions.size())]
+
+
+def test_user_ids_are_hmac_sha256_of_the_salt_from_the_environment_and_the_salt_is_in_no_plan(
+    spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    salt = "pepper-pepper-pepper-0123"
+    monkeypatch.setenv("EMBEDDING_USER_SALT", salt)
+    rows = [ev("alice", 0, "A"), ev("alice", 60, "B")]
+    seen_before = len(spark_plans(spark))
+    with caplog.at_level(logging.DEBUG):
+        result, sessions, _ = run(tmp_path, rows, **{"sessionize.hash_user_ids": True})
+    (session,) = sessions.values()
+    expected = hmac.new(salt.encode(), b"alice", hashlib.sha256).hexdigest()[:16]
+    assert session["user_id"] == expected and "alice" not in session["session_id"]
+    assert result.to_dict().get("user_salt_source") == "env:EMBEDDING_USER_SALT"
+    # nothing derived from the salt is recorded (no sha256(salt) fingerprint to guess it from)
+    recorded = json.dumps(result.to_dict())
+    assert salt not in recorded and hashlib.sha256(salt.encode()).hexdigest()[:12] not in recorded
+    # the plans Spark ran (shown in its UI and event log) and the logs hold no form of the salt
+    padded = salt.encode().ljust(64, b"\0")
+    secrets = [salt, salt.encode().hex(), bytes(b ^ 0x36 for b in padded).hex()]
+    plans = "\n".join(spark_plans(spark)[seen_before:])
+    assert "sha2" in plans
+    for secret in secrets:
+        assert secret not in plans and secret not in caplog.text
+
+
+def test_without_a_salt_a_random_owner_only_one_is_created_once_and_reused(
+    spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EMBEDDING_USER_SALT", raising=False)
+    rows = [ev("alice", 0, "A"), ev("alice", 60, "B")]
+    _, first, work = run(tmp_path, rows, **{"sessionize.hash_user_ids": True})
+    salt_file = work / ".user_salt"
+    assert salt_file.is_file(), "no salt was created: ids are hashed unsalted"
+    assert stat.S_IMODE(salt_file.stat().st_mode) == 0o600
+    salt = salt_file.read_text().strip().encode()
+    assert len(salt) >= 32
+    (session,) = first.values()
+    assert session["user_id"] == hmac.new(salt, b"alice", hashlib.sha256).hexdigest()[:16]
+    # a second run on the same work folder reuses it: the same ids
+    result, again, _ = run(tmp_path, rows, **{"sessionize.hash_user_ids": True})
+    assert result.user_salt_source == "file" and again == first
+    assert salt_file.read_text().strip().encode() == salt
+    # a salt file others can read is refused, not used
+    salt_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        run(tmp_path, rows, **{"sessionize.hash_user_ids": True})
+
+
+def test_a_salt_shorter_than_16_bytes_stops_the_run_before_reading_events(
     spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EMBEDDING_USER_SALT", "pepper")
     rows = [ev("alice", 0, "A"), ev("alice", 60, "B")]
-    result, sessions, _ = run(tmp_path, rows, **{"sessionize.hash_user_ids": True})
-    (session,) = sessions.values()
-    expected = hashlib.sha256(b"pepperalice").hexdigest()[:16]
-    assert session["user_id"] == expected and "alice" not in session["session_id"]
-    assert result.user_salt_fingerprint == hashlib.sha256(b"pepper").hexdigest()[:12]
+    with pytest.raises(ConfigError, match="6 bytes; a user-id salt needs at least 16") as err:
+        run(tmp_path, rows, **{"sessionize.hash_user_ids": True})
+    assert err.value.exit_code == 2 and "pepper" not in str(err.value)
+    assert not (tmp_path / "work" / "sessions").exists()  # nothing written
 
 
 def test_trivago_items_table_from_impressions(spark, tmp_path: Path) -> None:
