@@ -35,9 +35,11 @@ DAILY = CronDataIntervalTimetable("0 0 * * *", timezone="UTC")
 
 
 def _conf_args() -> tuple[str, list[str]]:
-    """(config file, overrides) of this run: its params, else the environment's file."""
-    params = get_current_context()["params"]
-    return params.get("conf") or CONF, list(params.get("overrides") or [])
+    """(config file, overrides) of this run: its params (checked: embedding.run_params), else
+    the environment's file. A refused parameter fails the task at once, with no retry."""
+    from embedding.run_params import run_conf_args
+
+    return run_conf_args(get_current_context()["params"], CONF)
 
 
 def _config():

@@ -29,9 +29,9 @@ PUBLISHED = Asset(name="item_vectors", uri="file:///item-embeddings/published")
 
 def _config():
     from embedding.config import load_config
+    from embedding.run_params import run_conf_args
 
-    params = get_current_context()["params"]
-    return load_config(params.get("conf") or CONF, list(params.get("overrides") or []))
+    return load_config(*run_conf_args(get_current_context()["params"], CONF))
 
 
 @dag(

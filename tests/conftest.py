@@ -29,6 +29,9 @@ os.environ.setdefault("PYTHONHASHSEED", "0")
 # unset it); without it every work folder would get its own random salt
 TEST_USER_SALT = "tests-fixed-user-id-salt-0123456789"
 os.environ["EMBEDDING_USER_SALT"] = TEST_USER_SALT
+# DAG runs in tests name configs written under the temp folder: the operator's allow-list for a
+# run's `conf` parameter (tests of the refusal unset it)
+os.environ["EMBEDDING_CONF_DIRS"] = tempfile.gettempdir()
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -211,3 +211,67 @@ def test_dag_end_to_end_a_killed_training_reruns_to_the_same_output_a_failed_gat
     (gate_alert,) = [a for a in alerts if "item_embeddings.gate failed" in a]
     assert "QualityGateError: quality gate failed" in gate_alert
     assert "CURRENT unchanged" in gate_alert
+
+
+def test_run_parameters_may_tune_the_model_but_never_name_files_hosts_or_secrets(
+    airflow_db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A trigger is not the operator: a `conf` outside conf/ or an override of a path, host,
+    port, retention or `*_env` fails the run at its first task, with no retry, touching
+    nothing."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.delenv("EMBEDDING_CONF_DIRS", raising=False)  # only the project's conf/
+    monkeypatch.setenv("EMBEDDING_RETRIES", "2")  # a refusal must not wait for retries
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    evil_conf = write_dag_conf(tmp_path, tmp_path / "clicks", victim)
+    day = datetime(2026, 1, 4, tzinfo=UTC)
+    attempts = {
+        "item_embeddings": [
+            {"conf": str(evil_conf)},
+            {"conf": "../../" + str(evil_conf)},  # climbing out of conf/
+            {"overrides": [f"paths.work_dir={victim}", "window.retention_days=1"]},
+            {"overrides": ["publish.keep_versions=2"]},
+            {"overrides": ["word2vec.epochs=1", "sessionize.salt_env=HOME"]},
+        ],
+        "serving_refresh": [
+            {"overrides": ["serving.host=attacker.example", "serving.admin_token_env=AWS_KEY"]},
+            {"overrides": ["serving.port=1"]},
+        ],
+    }
+    for dag_id, confs in attempts.items():
+        dag = bag.get_dag(dag_id)
+        for run_conf in confs:
+            caplog.clear()
+            with caplog.at_level(logging.ERROR, logger="embedding.alerts"):
+                run = dag.test(logical_date=day, run_conf=run_conf)
+            assert run.state == "failed", (dag_id, run_conf)
+            failed = [ti for ti in run.get_task_instances() if ti.state == "failed"]
+            assert len(failed) == 1 and failed[0].try_number == 1, (dag_id, run_conf)
+            alerts = [r.getMessage() for r in caplog.records if "ALERT" in r.getMessage()]
+            assert any("ConfigError: run parameter" in a for a in alerts), (run_conf, alerts)
+            day = day.replace(day=day.day + 1)
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]  # nothing touched
+
+
+def test_run_parameters_within_the_allow_list_are_accepted() -> None:
+    from embedding.run_params import allowed_override_key, checked_run_params
+
+    conf, overrides = checked_run_params(
+        {"conf": "default.yaml", "overrides": ["word2vec.epochs=3", "seed=7"]}, "env.yaml"
+    )
+    assert conf == str((ROOT / "conf" / "default.yaml").resolve())
+    assert overrides == ["word2vec.epochs=3", "seed=7"]
+    assert checked_run_params({}, "env.yaml") == ("env.yaml", [])  # the operator's default
+    for key in ("finetune.temperature", "evaluate.max_cases", "sessionize.gap_minutes"):
+        assert allowed_override_key(key), key
+    refused = ["paths.input", "serving.port", "gate.min_value", "window.retention_days",
+               "sessionize.salt_env", "spark.master", "word2vec", "source.columns.ts"]  # fmt: skip
+    for key in refused:
+        assert not allowed_override_key(key), key
