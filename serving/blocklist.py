@@ -11,6 +11,10 @@ in with one assignment. A file that cannot be read or parsed is refused with the
 and the previous blocklist stays in force; so does a file that disappears (write an empty file
 to clear the list; replace the file by an atomic rename so the service never reads half of it).
 
+It fails closed: until a configured file has been read once (``BlocklistWatcher.ready``), the
+item routes answer 503 with ``Retry-After`` and ``/health`` says why (``problem``), since
+serving without the list could return a blocked item.
+
 Blocked ids are turned into row numbers once per (blocklist, version) pair
 (``Blocklist.rows_for``), so a request pays for a cached array, not for a lookup per blocked id.
 """
@@ -143,6 +147,12 @@ class BlocklistWatcher:
         self.path = path
         self.current = Blocklist(path=path)
         self._problem: str | None = None  # the last refusal, logged once
+        self.problem: str | None = None  # the same for clients: the file's name, not its path
+
+    @property
+    def ready(self) -> bool:
+        """True when no blocklist is configured or the configured file has been read once."""
+        return self.path is None or self.current.stamp is not None
 
     def check(self, force: bool = False, loaded: LoadedVersion | None = None) -> bool:
         """Reread the file if it changed (or ``force``); True when a new list was swapped in.
@@ -158,6 +168,7 @@ class BlocklistWatcher:
         stamp = _stamp(self.path)
         if stamp is None:
             self._refuse(f"{self.path} does not exist; keeping the {len(self.current)} ids read")
+            self.problem = f"blocklist file {self.path.name} does not exist"
             return False
         if stamp == self.current.stamp and not force:
             return False
@@ -166,8 +177,9 @@ class BlocklistWatcher:
             ids = read_blocklist(self.path)
         except BlocklistError as exc:
             self._refuse(f"{exc}; keeping the {len(self.current)} ids read before")
+            self.problem = str(exc).replace(str(self.path), f"blocklist file {self.path.name}")
             return False
-        self._problem = None
+        self._problem = self.problem = None
         previous = len(self.current)
         blocklist = Blocklist(ids, self.path, stamp, datetime.now(UTC))
         if loaded is not None:

@@ -51,6 +51,12 @@ class NoVersion(BaseModel):
     status: Literal["no_version"] = "no_version"
 
 
+class BlocklistUnavailable(BaseModel):
+    status: Literal["blocklist_unavailable"] = "blocklist_unavailable"
+    reason: str = Field(description="why the configured blocklist could not be read")
+    version: str | None = Field(description="version loaded (None: none), not served meanwhile")
+
+
 class Neighbor(BaseModel):
     item_id: str
     score: float = Field(description="cosine similarity to the query item, in [-1, 1]")

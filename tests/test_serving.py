@@ -176,13 +176,16 @@ def test_k_above_the_limit_is_capped(client: TestClient) -> None:
     assert response.json()["k"] == MAX_K == len(response.json()["neighbors"])
 
 
-def test_without_current_the_app_starts_and_answers_503(tmp_path: Path) -> None:
+def test_without_current_the_app_starts_and_answers_503_without_naming_its_folder(
+    tmp_path: Path,
+) -> None:
     with TestClient(create_app(tmp_path, CFG)) as test_client:
         health = test_client.get("/health")
         similar = test_client.get("/items/item_00000/similar")
     assert (health.status_code, health.json()) == (503, {"status": "no_version"})
-    assert similar.status_code == 503
-    assert "no CURRENT" in similar.json()["detail"]
+    assert similar.status_code == 503 and int(similar.headers["Retry-After"]) >= 1
+    assert "nothing is published yet" in similar.json()["detail"]
+    assert str(tmp_path) not in similar.text  # anonymous clients never see the publish root
 
 
 def test_reload_swaps_the_served_version(publish_root: Path) -> None:

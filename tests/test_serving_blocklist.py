@@ -119,11 +119,12 @@ def test_blocklist_filters_every_route_and_reloads_without_a_new_version(tmp_pat
     root, blocklist = tmp_path / "publish", tmp_path / "blocked.txt"
     root.mkdir()
     write_version(root, V1, n_items=1500)  # HNSW search, so the fetch widens past blocked ids
+    blocklist.write_text("")  # configured and empty
     app = create_app(root, CFG.model_copy(update={"blocklist_path": str(blocklist)}))
     with serve(app) as client:
         query = "item_00042"
         before = similar_ids(client, query, 30)
-        assert client.get("/version").json()["blocklist_items"] == 0  # file absent: none
+        assert client.get("/version").json()["blocklist_items"] == 0
 
         blocked = before[:20]
         write_atomically(blocklist, "# delisted\n" + "\n".join(blocked) + "\n")
@@ -159,6 +160,45 @@ def test_blocklist_filters_every_route_and_reloads_without_a_new_version(tmp_pat
     assert unblocked == before[1:11]
     assert still == 1
     assert admin.status_code == 200 and admin.json()["blocklist_items"] == 1
+
+
+@pytest.mark.parametrize("start_with", ["missing", "not_utf8", "too_long_id"])
+def test_a_blocklist_unreadable_at_start_closes_the_item_routes_until_it_is_read(
+    tmp_path: Path, start_with: str
+) -> None:
+    """Fail closed: without the configured list an answer could hold a blocked item."""
+    root, blocklist = tmp_path / "publish", tmp_path / "blocked.txt"
+    root.mkdir()
+    write_version(root, V1, n_items=200)
+    if start_with == "not_utf8":
+        blocklist.write_bytes(b"\xff\xfe")
+    elif start_with == "too_long_id":
+        blocklist.write_text("x" * 1000 + "\n")
+    query = "item_00042"
+    app = create_app(root, CFG.model_copy(update={"blocklist_path": str(blocklist)}))
+    with serve(app) as client:
+        closed = [
+            client.get(f"/items/{query}/similar"),
+            client.get(f"/items/{query}"),
+            client.post("/similar", json={"item_ids": [query]}),
+            client.post("/similar/batch", json={"item_ids": [query]}),
+        ]
+        health = client.get("/health")
+        write_atomically(blocklist, "item_00007\n")
+        wait_until(lambda: client.get("/health").status_code == 200)
+        blocked = client.get(f"/items/{query}/similar", params={"k": 199})
+        blocked_item = client.get("/items/item_00007").json()
+
+    for response in closed:
+        assert response.status_code == 503, (response.request.url, response.text)
+        assert int(response.headers["Retry-After"]) >= 1
+        assert "blocklist" in response.json()["detail"]
+        assert str(tmp_path) not in response.text  # the file's name, never its path
+    assert health.status_code == 503 and health.json()["status"] == "blocklist_unavailable"
+    assert "blocked.txt" in health.json()["reason"] and str(tmp_path) not in health.text
+    assert blocked.status_code == 200
+    assert "item_00007" not in {n["item_id"] for n in blocked.json()["neighbors"]}
+    assert blocked_item["is_blocked"] is True
 
 
 def test_service_without_a_blocklist_reports_none(tmp_path: Path) -> None:

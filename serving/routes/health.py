@@ -1,8 +1,9 @@
 """``GET /health`` and ``GET /version``: which version is served, how old it is.
 
-``/health`` answers 200 "ok", or 503 "stale" when the version's manifest ``created_at`` is older
-than ``ServingConfig.max_version_age_hours`` (the pipeline stopped publishing), or 503
-"no_version" while nothing is loaded. ``/version`` describes the served version.
+``/health`` answers 200 "ok"; 503 "blocklist_unavailable" while a configured blocklist was never
+read (the item routes are closed meanwhile); 503 "stale" when the version's manifest
+``created_at`` is older than ``ServingConfig.max_version_age_hours`` (the pipeline stopped
+publishing); 503 "no_version" while nothing is loaded. ``/version`` describes the served version.
 """
 
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from serving.deps import MaybeLoadedDep
 from serving.model import LoadedVersion
-from serving.schemas import ErrorDetail, Health, NoVersion, VersionInfo
+from serving.schemas import BlocklistUnavailable, ErrorDetail, Health, NoVersion, VersionInfo
 
 router = APIRouter(tags=["health"])
 
@@ -37,9 +38,20 @@ def age_s(loaded: LoadedVersion) -> float | None:
 @router.get(
     "/health",
     response_model=Health,
-    responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Health | NoVersion}},
+    responses={
+        status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Health | NoVersion | BlocklistUnavailable}
+    },
 )
 async def health(loaded: MaybeLoadedDep, request: Request) -> Health | JSONResponse:
+    watcher = request.app.state.blocklist
+    if not watcher.ready:  # item routes are closed: see serving.deps.require_blocklist
+        body = BlocklistUnavailable(
+            reason=watcher.problem or "not read yet",
+            version=loaded.version if loaded is not None else None,
+        )
+        return JSONResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content=body.model_dump()
+        )
     if loaded is None:
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content=NoVersion().model_dump()

@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import StringConstraints
 
-from serving.deps import BlockedRowsDep, LoadedDep
+from serving.deps import BlockedRowsDep, BlocklistDep, LoadedDep
 from serving.model import LoadedVersion
 from serving.model import Neighbor as ModelNeighbor
 from serving.requests import (
@@ -130,7 +130,9 @@ def build_router(max_k: int) -> APIRouter:
         response_model=ItemVector,
         responses={**_NOT_FOUND, **_NO_VERSION},
     )
-    async def get_item(item_id: ItemIdPath, loaded: LoadedDep, request: Request) -> ItemVector:
+    async def get_item(
+        item_id: ItemIdPath, loaded: LoadedDep, request: Request, _: BlocklistDep
+    ) -> ItemVector:
         row = loaded.row_of.get(item_id)
         if row is None:
             raise _unknown(loaded, [item_id])
