@@ -5,7 +5,9 @@ uvicorn's (3 when the app fails to start, e.g. the version named by CURRENT fail
 """
 
 import argparse
+import ipaddress
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     return parser.parse_args(argv)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def fail(message: str) -> None:
@@ -76,13 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < port < 65536:
         fail(f"--port {port} is not a TCP port (1-65535)")
         return 2
+    if not is_loopback(host) and not os.environ.get(serving_cfg.admin_token_env):
+        fail(
+            f"--host {host} is reachable from other machines, and ${serving_cfg.admin_token_env} "
+            "is not set: admin routes would trust any client; set a token or bind 127.0.0.1"
+        )
+        return 2
 
     import uvicorn
 
     from serving.app import create_app
 
     app = create_app(args.publish_root.resolve(), serving_cfg)
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, log_config=None)
+    # proxy_headers off: the client address is the peer's, never a header's (serving.routes.admin)
+    uvicorn.run(
+        app, host=host, port=port, log_level=args.log_level, log_config=None, proxy_headers=False
+    )
     return 0
 
 

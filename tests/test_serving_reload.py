@@ -9,6 +9,8 @@ import gc
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -304,6 +306,51 @@ def test_admin_reload_refuses_remote_clients_without_a_token(
         response = test_client.post("/admin/reload")
     assert response.status_code == 403
     assert "loopback" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"Forwarded": "for=203.0.113.5;proto=https"},
+        {"X-Real-IP": "203.0.113.5"},
+        {"X-Forwarded-For": "127.0.0.1"},  # even one claiming loopback: a proxy added it
+    ],
+)
+def test_without_a_token_a_proxied_loopback_request_is_refused_admin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, header: dict[str, str]
+) -> None:
+    """A reverse proxy on the same host makes every client loopback; it adds one of these."""
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    write_version(tmp_path, V1)
+    write_version(tmp_path, V2, make_current=False, seed=1)
+    app = create_app(tmp_path, CFG.model_copy(update={"poll_interval_s": 0}))
+    with serve(app) as client:
+        proxied = client.post("/admin/reload", params={"version": V2}, headers=header)
+        served = client.get("/health").json()["version"]
+        direct = client.post("/admin/reload", params={"version": V2})
+    assert proxied.status_code == 403, proxied.text
+    assert "proxy" in proxied.json()["detail"]
+    assert served == V1
+    assert direct.status_code == 200  # the same client, direct: allowed
+
+
+def test_the_service_refuses_to_bind_a_public_address_without_an_admin_token(
+    tmp_path: Path,
+) -> None:
+    write_version(tmp_path, V1)
+    env = {k: v for k, v in os.environ.items() if k != "EMBEDDING_ADMIN_TOKEN"}
+    command = [sys.executable, "-m", "serving", "--publish-root", str(tmp_path),
+               "--host", "0.0.0.0", "--port", str(free_port())]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        code = process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        process.kill()
+    stderr = process.stderr.read()
+    assert code == 2, f"the service started on 0.0.0.0 without a token (exit {code})"
+    assert "EMBEDDING_ADMIN_TOKEN" in stderr and "0.0.0.0" in stderr
 
 
 @pytest.mark.parametrize("version", ["../x", "..", "/etc/passwd", ".hidden", "a/b", "a\\b"])

@@ -3,9 +3,11 @@
 It also rereads the blocklist file (``serving.blocklist``), changed or not.
 
 Who may call it: when the env var named by ``ServingConfig.admin_token_env`` holds a token,
-only requests with ``Authorization: Bearer <token>``; otherwise only loopback clients
-(127.0.0.1, ::1). Behind a reverse proxy on the same host every client looks like loopback:
-set the token there. The load is the poller's (``serving.app.Reloader``): one at a time, in a
+only requests with ``Authorization: Bearer <token>``; otherwise only direct loopback clients
+(127.0.0.1, ::1) whose request carries no ``Forwarded``, ``X-Forwarded-For`` or ``X-Real-IP``
+header: behind a reverse proxy on the same host every client looks like loopback, and a proxy
+adds one of those. ``python -m serving`` refuses to bind a non-loopback address without a
+token. The load is the poller's (``serving.app.Reloader``): one at a time, in a
 worker thread, the old version serving until the new one is complete. A version that fails its
 checks answers 409 with the reason and the version still served.
 """
@@ -23,6 +25,7 @@ from serving.schemas import ErrorDetail, Reloaded, ReloadRefused
 
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # as serving.model: a folder name, never a path
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -45,6 +48,13 @@ def check_access(request: Request) -> None:
         raise HTTPException(
             status_code=status.HTTP_403_FORBIDDEN,
             detail=f"admin endpoints answer loopback clients only, not {host}",
+        )
+    proxied = [h for h in PROXY_HEADERS if h in request.headers]
+    if proxied:
+        raise HTTPException(
+            status_code=status.HTTP_403_FORBIDDEN,
+            detail=f"admin endpoints answer direct loopback clients only; this request came "
+            f"through a proxy ({', '.join(proxied)}): set the admin token to allow it",
         )
 
 
