@@ -246,6 +246,11 @@ class ServingConfig(_Frozen):
     # item ids never returned (text: one per line, or Parquet with item_id); reread when it
     # changes, at each poll; relative paths are from the project root (None: no blocklist)
     blocklist_path: str | None = None
+    # request limits (serving.limits): a larger body is 413; a batch asking ids x k above the
+    # cost cap is 422; more heavy (batch) requests than this at once are 429 with Retry-After
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_neighbors_per_request: int = Field(10_000, ge=1)
+    max_heavy_requests: int = Field(4, ge=1)
 
     def blocklist_file(self) -> Path | None:
         if self.blocklist_path is None:

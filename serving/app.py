@@ -44,6 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from embedding import __version__
 from embedding.config import ServingConfig
 from serving.blocklist import BlocklistWatcher
+from serving.limits import BodySizeLimit, HeavySlots
 from serving.model import (
     LoadedVersion,
     NoCurrentVersionError,
@@ -200,10 +201,12 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
     app.state.reloader = None  # set by the lifespan
     app.state.metrics = metrics.Metrics()
     app.state.blocklist = BlocklistWatcher(cfg.blocklist_file())
-    app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics)
+    app.state.heavy_slots = HeavySlots(cfg.max_heavy_requests)
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics)  # outermost
     app.add_exception_handler(RequestValidationError, json_safe_validation_error)
     app.include_router(health.router)
-    app.include_router(neighbors.build_router(cfg.max_k))
+    app.include_router(neighbors.build_router(cfg.max_k, cfg.max_neighbors_per_request))
     app.include_router(admin.router)
     app.include_router(metrics.router)
     return app

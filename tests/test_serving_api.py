@@ -342,12 +342,18 @@ def test_batch_answers_known_ids_and_lists_unknown(
         assert ids_of(result["neighbors"]) == expected
 
 
-def test_batch_of_max_ids_with_capped_k(client: TestClient) -> None:
-    asked = [item_id(i % N_ITEMS) for i in range(MAX_IDS)]
+def test_batch_up_to_the_cost_cap_with_capped_k_and_over_it_422(client: TestClient) -> None:
+    cap = CFG.max_neighbors_per_request  # 10,000 neighbours: 500 ids at the capped k of 20
+    n_ids = cap // MAX_K
+    asked = [item_id(i % N_ITEMS) for i in range(n_ids)]
     body = client.post("/similar/batch", json={"item_ids": asked, "k": 500}).json()
     assert (body["version"], body["k"], body["unknown"]) == (VERSION, MAX_K, [])
-    assert len(body["results"]) == MAX_IDS
+    assert len(body["results"]) == n_ids
     assert {len(r["neighbors"]) for r in body["results"]} == {MAX_K}
+
+    over = client.post("/similar/batch", json={"item_ids": [*asked, asked[0]], "k": 500})
+    assert over.status_code == 422
+    assert f"max_neighbors_per_request={cap}" in over.json()["detail"]
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from fastapi.routing import APIRoute
 from pydantic import StringConstraints
 
 from serving.deps import BlockedRowsDep, BlocklistDep, LoadedDep
+from serving.limits import HeavySlotDep, check_cost
 from serving.model import LoadedVersion
 from serving.model import Neighbor as ModelNeighbor
 from serving.requests import (
@@ -58,6 +59,8 @@ ExcludeQuery = Annotated[
 
 _NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"model": ErrorDetail}}
 _NO_VERSION = {status.HTTP_503_SERVICE_UNAVAILABLE: {"model": ErrorDetail}}
+_TOO_LARGE = {status.HTTP_413_CONTENT_TOO_LARGE: {"model": ErrorDetail}}
+_BUSY = {status.HTTP_429_TOO_MANY_REQUESTS: {"model": ErrorDetail}}
 
 
 class JsonSafeErrorsRoute(APIRoute):
@@ -82,8 +85,9 @@ class JsonSafeErrorsRoute(APIRoute):
         return json_safe_handler
 
 
-def build_router(max_k: int) -> APIRouter:
-    """The neighbour routes, with ``k`` capped at ``max_k`` (from config at app creation)."""
+def build_router(max_k: int, max_neighbors: int = 10_000) -> APIRouter:
+    """The neighbour routes, with ``k`` capped at ``max_k`` and a batch's ids x k at
+    ``max_neighbors`` (from config at app creation)."""
     router = APIRouter(tags=["neighbors"], route_class=JsonSafeErrorsRoute)
     default_k = min(DEFAULT_K, max_k)
 
@@ -151,6 +155,7 @@ def build_router(max_k: int) -> APIRouter:
         responses={
             **_NOT_FOUND,
             status.HTTP_409_CONFLICT: {"model": ErrorDetail},
+            **_TOO_LARGE,
             **_NO_VERSION,
         },
     )
@@ -195,9 +200,16 @@ def build_router(max_k: int) -> APIRouter:
 
     # sync on purpose: up to MAX_IDS searches, run in the threadpool so they do not stall the
     # event loop (the single-item routes above are async: one search costs less than a hop)
-    @router.post("/similar/batch", response_model=BatchResult, responses={**_NO_VERSION})
-    def similar_batch(query: BatchQuery, loaded: LoadedDep, blocked: BlockedRowsDep) -> BatchResult:
+    @router.post(
+        "/similar/batch",
+        response_model=BatchResult,
+        responses={**_TOO_LARGE, **_BUSY, **_NO_VERSION},
+    )
+    def similar_batch(
+        query: BatchQuery, loaded: LoadedDep, blocked: BlockedRowsDep, _: HeavySlotDep
+    ) -> BatchResult:
         k = capped(query.k)
+        check_cost(len(query.item_ids), k, max_neighbors)
         results: list[ItemNeighbors] = []
         unknown: list[str] = []
         for item_id in query.item_ids:
