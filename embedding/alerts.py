@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,12 @@ logger = logging.getLogger("embedding.alerts")
 
 WEBHOOK_ENV = "EMBEDDING_ALERT_WEBHOOK"
 WEBHOOK_TIMEOUT_S = 5.0
+
+
+def redacted(url: str) -> str:
+    """The webhook as logs may show it: scheme and host only (its path is often the secret)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or '?'}/…"
 MAX_ERROR_CHARS = 500
 
 
@@ -57,7 +64,7 @@ def post_webhook(
 ) -> bool:
     """POST ``payload`` as JSON; True on a 2xx answer. Failures are logged, not raised."""
     if not url.startswith(("http://", "https://")):
-        logger.error("alert webhook %s=%r is not an http(s) URL; not posted", WEBHOOK_ENV, url)
+        logger.error("alert webhook %s is not an http(s) URL; not posted", WEBHOOK_ENV)
         return False
     request = urllib.request.Request(
         url,
@@ -69,10 +76,10 @@ def post_webhook(
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             ok = 200 <= response.status < 300
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        logger.error("alert webhook %s failed: %s", url, exc)
+        logger.error("alert webhook %s failed: %s", redacted(url), exc)
         return False
     if not ok:
-        logger.error("alert webhook %s answered %d", url, response.status)
+        logger.error("alert webhook %s answered %d", redacted(url), response.status)
     return ok
 
 

@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from embedding.atomic import write_text_atomic as _write_atomic
 from embedding.checksum import SOURCE_PACKAGES as SOURCE_PACKAGES
@@ -137,6 +137,22 @@ def previous_version(root: Path, before_day: str) -> str | None:
     return max(name for name, day in days.items() if day == latest)
 
 
+def member_path(version_dir: Path, name: object) -> Path:
+    """``version_dir / name`` for a file name read from a manifest, which must stay inside the
+    version folder: no absolute path, no '..', no link leading out."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        raise PublishError(f"{version_dir / MANIFEST}: {name!r} is not a file name")
+    relative = PurePosixPath(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise PublishError(
+            f"{version_dir / MANIFEST}: {name!r} lies outside the version folder; refused"
+        )
+    path = version_dir / relative
+    if not path.resolve().is_relative_to(version_dir.resolve()):
+        raise PublishError(f"{version_dir / MANIFEST}: {name!r} leads out of the version folder")
+    return path
+
+
 def verify_version(version_dir: Path) -> dict:
     """Load a version's manifest and check every file's checksum; raise PublishError if not."""
     manifest_path = version_dir / MANIFEST
@@ -144,7 +160,7 @@ def verify_version(version_dir: Path) -> dict:
         raise PublishError(f"{version_dir}: no {MANIFEST}; the version is incomplete")
     manifest = json.loads(manifest_path.read_text())
     for name, expected in manifest.get("files", {}).items():
-        path = version_dir / name
+        path = member_path(version_dir, name)
         if not path.is_file() or file_sha256(path) != expected:
             raise PublishError(f"{path}: missing or checksum differs from {MANIFEST}")
     return manifest

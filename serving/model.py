@@ -409,8 +409,9 @@ def _open_index(
 ) -> tuple[Any, IndexSource, float]:
     """(index or None, where it came from, seconds spent) for the verified ``vectors``.
 
-    A stored index is used when present: its files must match the manifest's sha256 when the
-    manifest lists them, and its metadata the vectors; any failure refuses the version.
+    A stored index is used only when the manifest lists both its files with a sha256 they
+    match, and its metadata matches the vectors; a listed file that fails refuses the version,
+    an unlisted one is ignored and the index is built from the vectors.
     """
     n_items, dim = vectors.shape
     if n_items < EXACT_SEARCH_MAX_ITEMS:
@@ -428,15 +429,21 @@ def _open_index(
         index = build_index(vectors, cfg)
         return index, "built", time.perf_counter() - started
     files = manifest["files"]  # a Mapping: _verify_checksums checked it
+    unlisted = [path.name for path in stored if path.name not in files]
+    if unlisted:
+        # hnswlib trusts the neighbour ids inside the file: an index nobody vouched for is
+        # never loaded (a crafted one could crash the process), it is rebuilt from the vectors
+        logger.warning(
+            "version %s: %s not listed with a checksum under 'files' in %s; not loaded, "
+            "building the index from the verified vectors instead",
+            version_dir.name,
+            ", ".join(unlisted),
+            MANIFEST_FILE,
+        )
+        index = build_index(vectors, cfg)
+        return index, "built", time.perf_counter() - started
     for path in stored:
-        if path.name in files:
-            _verify_file(path, files[path.name], version_dir)
-        else:
-            logger.warning(
-                "%s: not listed under 'files' in %s; loading it without a checksum",
-                path,
-                MANIFEST_FILE,
-            )
+        _verify_file(path, files[path.name], version_dir)
     try:
         index = load_index(version_dir, n_items, dim, cfg)
     except AnnIndexError as exc:
