@@ -234,7 +234,7 @@ class ServingConfig(_Frozen):
     hnsw_m: int = Field(16, ge=2)
     hnsw_ef_construction: int = Field(200, ge=1)
     hnsw_ef_search: int = Field(100, ge=1)
-    max_k: int = Field(100, ge=1)
+    max_k: int = Field(100, ge=1, le=100)  # le: serving.requests.MAX_K_LIMIT (the cost cap)
     # ANN candidates fetched per answer: max(k * this, k + 10), then re-scored exactly
     candidate_factor: int = Field(4, ge=1)
     # seconds between reads of CURRENT; a new version there is loaded and swapped in (0: never)
@@ -246,10 +246,9 @@ class ServingConfig(_Frozen):
     # item ids never returned (text: one per line, or Parquet with item_id); reread when it
     # changes, at each poll; relative paths are from the project root (None: no blocklist)
     blocklist_path: str | None = None
-    # request limits (serving.limits): a larger body is 413; a batch asking ids x k above the
-    # cost cap is 422; more heavy (batch) requests than this at once are 429 with Retry-After
+    # request limits (serving.limits): a larger body is 413; more heavy (batch) requests than
+    # this at once are 429 with Retry-After (the cost cap is serving.requests.MAX_NEIGHBORS)
     max_body_bytes: int = Field(1_048_576, ge=1024)
-    max_neighbors_per_request: int = Field(10_000, ge=1)
     max_heavy_requests: int = Field(4, ge=1)
 
     def blocklist_file(self) -> Path | None:

@@ -15,6 +15,9 @@ from embedding import PROJECT_ROOT
 from embedding.errors import EmbeddingError
 
 DEFAULT_CONF = PROJECT_ROOT / "conf" / "default.yaml"
+# request line + headers: longer is a 400 from the server; every URL the spec allows fits
+# (serving.routes.neighbors.MAX_QUERY_IDS)
+MAX_REQUEST_HEAD_BYTES = 256 * 1024
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(args.publish_root.resolve(), serving_cfg)
     # proxy_headers off: the client address is the peer's, never a header's (serving.routes.admin)
     uvicorn.run(
-        app, host=host, port=port, log_level=args.log_level, log_config=None, proxy_headers=False
+        app,
+        host=host,
+        port=port,
+        log_level=args.log_level,
+        log_config=None,
+        proxy_headers=False,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
     )
     return 0
 

@@ -36,15 +36,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedding import __version__
 from embedding.config import ServingConfig
 from serving.blocklist import BlocklistWatcher
-from serving.limits import BodySizeLimit, HeavySlots
+from serving.limits import BodySizeLimit, HeavySlots, RetryAfterOn503, unparsable_body_as_422
 from serving.model import (
     LoadedVersion,
     NoCurrentVersionError,
@@ -160,6 +164,16 @@ class Reloader:
                 logger.exception("polling %s/CURRENT failed", self.app.state.publish_root)
 
 
+# answered by the HTTP server before the app sees the request (uvicorn's h11 parser)
+SERVER_REFUSALS: dict[int | str, dict] = {
+    400: {
+        "description": "malformed request, or a request line or headers over the server's "
+        "limit (plain text, from the HTTP server)",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+
 def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
     """The service for ``publish_root``; nothing is read until the lifespan starts."""
     cfg = cfg or ServingConfig()
@@ -193,6 +207,7 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
         version=__version__,
         summary="Items similar to an item, from the published version named by CURRENT.",
         lifespan=lifespan,
+        responses=SERVER_REFUSALS,
     )
     app.state.publish_root = publish_root
     app.state.serving_cfg = cfg
@@ -203,13 +218,25 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
     app.state.blocklist = BlocklistWatcher(cfg.blocklist_file())
     app.state.heavy_slots = HeavySlots(cfg.max_heavy_requests)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(RetryAfterOn503)
     app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics)  # outermost
     app.add_exception_handler(RequestValidationError, json_safe_validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.include_router(health.router)
-    app.include_router(neighbors.build_router(cfg.max_k, cfg.max_neighbors_per_request))
+    app.include_router(neighbors.build_router(cfg.max_k))
     app.include_router(admin.router)
     app.include_router(metrics.router)
     return app
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's HTTPException answer, except an undecodable body: a 422 like any invalid JSON
+    (a 400 is kept for what the server itself refuses: malformed or oversized request lines)."""
+    assert isinstance(exc, StarletteHTTPException)  # registered for that class only
+    body = unparsable_body_as_422(exc)
+    if body is not None:
+        return JSONResponse(status_code=422, content=body)
+    return await http_exception_handler(request, exc)
 
 
 async def json_safe_validation_error(request: Request, exc: Exception) -> JSONResponse:

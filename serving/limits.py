@@ -3,8 +3,9 @@
 - **Body size** (``ServingConfig.max_body_bytes``): a larger body is answered 413 before it is
   read, from ``Content-Length``, or as soon as a chunked body passes the cap
   (``BodySizeLimit``, pure ASGI middleware).
-- **Cost** (``ServingConfig.max_neighbors_per_request``): ids x ``k`` (after capping at
-  ``max_k``) of one ``POST /similar/batch``; above it, 422 naming the cap.
+- **Cost** (``serving.requests.MAX_NEIGHBORS``): neighbours one request may ask for, as bounds
+  the OpenAPI schema states; a batch over them is a 422 naming the cap (request validation).
+- **503**: every one carries ``Retry-After`` (``RetryAfterOn503``).
 - **Concurrency** (``ServingConfig.max_heavy_requests``): at most that many heavy requests (the
   batch route) run at once; one more is answered 429 with ``Retry-After`` at once, not queued.
 """
@@ -19,6 +20,42 @@ from fastapi import Depends, HTTPException, Request, status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 RETRY_BUSY_S = 1  # Retry-After of a 429
+RETRY_UNAVAILABLE_S = 5  # Retry-After of a 503 whose route set none
+
+
+class RetryAfterOn503:
+    """Every 503 carries ``Retry-After`` (routes that know better set their own)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_retry_after(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"retry-after" for name, _ in headers):
+                    headers.append((b"retry-after", str(RETRY_UNAVAILABLE_S).encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_retry_after)
+
+
+def unparsable_body_as_422(exc: HTTPException) -> dict | None:
+    """FastAPI answers a body it cannot decode (not UTF-8, say) with a bare 400; the spec's
+    answer to a body that is not valid JSON is a 422 of the usual shape: this is its body, or
+    None when ``exc`` is not that case."""
+    if exc.status_code != 400 or exc.detail != "There was an error parsing the body":
+        return None
+    return {
+        "detail": [
+            {"type": "json_invalid", "loc": ["body"], "msg": "the body is not valid UTF-8 JSON"}
+        ]
+    }
 
 
 class BodySizeLimit:
@@ -129,13 +166,3 @@ async def heavy_slot(request: Request) -> AsyncIterator[None]:
 
 
 HeavySlotDep = Annotated[None, Depends(heavy_slot)]
-
-
-def check_cost(n_queries: int, k: int, cap: int) -> None:
-    """422 when ``n_queries`` x ``k`` neighbours exceed ``cap``."""
-    if n_queries * k > cap:
-        raise HTTPException(
-            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=f"{n_queries} ids x k={k} = {n_queries * k} neighbours, above the service's "
-            f"max_neighbors_per_request={cap}: split the batch or lower k",
-        )

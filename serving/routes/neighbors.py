@@ -9,9 +9,10 @@
 No answer ever holds an item of the blocklist in force (``serving.blocklist``); a blocked item
 can still be the query, and ``GET /items/{item_id}`` says ``is_blocked``.
 
-Errors are JSON: 404 for an unknown item, 409 for a vector of another version, 422 for bad
-parameters (``k`` below 1, oversized lists or ids, a vector of the wrong dim, non-finite or zero),
-503 while no version is loaded. ``k`` above ``max_k`` is capped, and the answer's ``k`` says the
+Errors are JSON: 404 for an unknown item, 409 for a vector of another version (or of another
+dim), 422 for bad parameters (``k`` below 1, oversized lists or ids, a vector non-finite or all
+zeros, a batch over the cost cap), 413 for a body over the limit, 429 when too many batches run,
+503 (with ``Retry-After``) while no version is loaded. ``k`` above ``max_k`` is capped, and the answer's ``k`` says the
 value used. A handler takes the loaded version once, so one answer never mixes two versions.
 """
 
@@ -27,13 +28,12 @@ from fastapi.routing import APIRoute
 from pydantic import StringConstraints
 
 from serving.deps import BlockedRowsDep, BlocklistDep, LoadedDep
-from serving.limits import HeavySlotDep, check_cost
+from serving.limits import HeavySlotDep
 from serving.model import LoadedVersion
 from serving.model import Neighbor as ModelNeighbor
 from serving.requests import (
     DEFAULT_K,
     MAX_ID_LENGTH,
-    MAX_IDS,
     BatchQuery,
     BatchResult,
     ItemNeighbors,
@@ -44,6 +44,9 @@ from serving.requests import (
 from serving.schemas import ErrorDetail, Neighbor, SimilarItems
 
 MAX_LISTED_UNKNOWN = 20  # a 404 names at most this many unknown ids
+# ids in a query string: every schema-valid URL then fits the server's request-line limit
+# (serving.__main__.MAX_REQUEST_HEAD_BYTES), even with every character percent-encoded
+MAX_QUERY_IDS = 50
 
 ItemIdPath = Annotated[str, Path(max_length=MAX_ID_LENGTH)]
 KQuery = Annotated[
@@ -54,7 +57,10 @@ MarketQuery = Annotated[
 ]
 ExcludeQuery = Annotated[
     list[Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)]],
-    Query(max_length=MAX_IDS, description="item ids never returned; repeat the parameter"),
+    Query(
+        max_length=MAX_QUERY_IDS,
+        description="item ids never returned; repeat the parameter (POST /similar takes more)",
+    ),
 ]
 
 _NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"model": ErrorDetail}}
@@ -85,9 +91,8 @@ class JsonSafeErrorsRoute(APIRoute):
         return json_safe_handler
 
 
-def build_router(max_k: int, max_neighbors: int = 10_000) -> APIRouter:
-    """The neighbour routes, with ``k`` capped at ``max_k`` and a batch's ids x k at
-    ``max_neighbors`` (from config at app creation)."""
+def build_router(max_k: int) -> APIRouter:
+    """The neighbour routes, with ``k`` capped at ``max_k`` (from config at app creation)."""
     router = APIRouter(tags=["neighbors"], route_class=JsonSafeErrorsRoute)
     default_k = min(DEFAULT_K, max_k)
 
@@ -171,10 +176,16 @@ def build_router(max_k: int, max_neighbors: int = 10_000) -> APIRouter:
             rows = [loaded.row_of[i] for i in query.item_ids]
             vector = loaded.vectors[rows].astype(np.float64).mean(axis=0)  # (dim,)
             exclude.extend(query.item_ids)
-            if not np.any(vector):
-                raise HTTPException(
-                    status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-                    detail="the items' vectors cancel out: their mean has no direction",
+            if not np.any(vector):  # a 422 of the validation shape the spec documents
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "value_error",
+                            "loc": ["body", "item_ids"],
+                            "msg": "the items' vectors cancel out: their mean has no direction",
+                            "input": query.item_ids,
+                        }
+                    ]
                 )
         else:
             if query.version != loaded.version:
@@ -191,10 +202,11 @@ def build_router(max_k: int, max_neighbors: int = 10_000) -> APIRouter:
             neighbors = loaded.similar_to_vector(
                 vector, k, market=query.market, exclude=exclude, blocked_rows=blocked
             )
-        except ValueError as exc:  # wrong dim, non-finite or zero: the model says which
+        except ValueError as exc:  # wrong dim (finite and non-zero: SimilarQuery checked)
             raise HTTPException(
-                status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-                detail=f"{exc} (version {loaded.version} has dim {loaded.dim})",
+                status_code=status.HTTP_409_CONFLICT,
+                detail=f"{exc}: not a vector of version {loaded.version} (dim {loaded.dim}); "
+                "fetch it again from GET /items/{item_id}",
             ) from None
         return SimilarResult(version=loaded.version, k=k, neighbors=_public(neighbors))
 
@@ -209,7 +221,6 @@ def build_router(max_k: int, max_neighbors: int = 10_000) -> APIRouter:
         query: BatchQuery, loaded: LoadedDep, blocked: BlockedRowsDep, _: HeavySlotDep
     ) -> BatchResult:
         k = capped(query.k)
-        check_cost(len(query.item_ids), k, max_neighbors)
         results: list[ItemNeighbors] = []
         unknown: list[str] = []
         for item_id in query.item_ids:
