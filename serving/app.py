@@ -58,6 +58,7 @@ from serving.model import (
 )
 from serving.routes import admin, health, metrics, neighbors
 from serving.routes.neighbors import _json_safe
+from serving.schemas import ErrorDetail
 
 logger = logging.getLogger(__name__)
 
@@ -164,13 +165,15 @@ class Reloader:
                 logger.exception("polling %s/CURRENT failed", self.app.state.publish_root)
 
 
-# answered by the HTTP server before the app sees the request (uvicorn's h11 parser)
+# answered before any route sees the request: by the HTTP server (uvicorn's h11 parser) or by
+# the body-size limit (serving.limits), on every operation
 SERVER_REFUSALS: dict[int | str, dict] = {
     400: {
         "description": "malformed request, or a request line or headers over the server's "
         "limit (plain text, from the HTTP server)",
         "content": {"text/plain": {"schema": {"type": "string"}}},
-    }
+    },
+    413: {"description": "request body over serving.max_body_bytes", "model": ErrorDetail},
 }
 
 

@@ -12,8 +12,9 @@ can still be the query, and ``GET /items/{item_id}`` says ``is_blocked``.
 Errors are JSON: 404 for an unknown item, 409 for a vector of another version (or of another
 dim), 422 for bad parameters (``k`` below 1, oversized lists or ids, a vector non-finite or all
 zeros, a batch over the cost cap), 413 for a body over the limit, 429 when too many batches run,
-503 (with ``Retry-After``) while no version is loaded. ``k`` above ``max_k`` is capped, and the answer's ``k`` says the
-value used. A handler takes the loaded version once, so one answer never mixes two versions.
+503 (with ``Retry-After``) while no version is loaded. ``k`` above ``max_k`` is capped, and the
+answer's ``k`` says the value used. A handler takes the loaded version once, so one answer never
+mixes two versions.
 """
 
 import json
