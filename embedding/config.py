@@ -93,7 +93,7 @@ class SessionizeConfig(_Frozen):
     collapse_repeats: bool = True  # consecutive events on one item count once in item_ids
     min_distinct_items: int = Field(2, ge=1)
     max_session_length: int = Field(200, ge=2)
-    hash_user_ids: bool = True  # written as sha256(salt + id); the salt comes from the env
+    hash_user_ids: bool = True  # written as HMAC-SHA256(salt, id): jobs/user_hash.py
     salt_env: str = "EMBEDDING_USER_SALT"  # name of the variable holding the salt, never the salt
 
 
