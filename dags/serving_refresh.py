@@ -74,9 +74,12 @@ def serving_refresh():
 
     @task
     def confirm(checked: dict, reloaded: dict) -> dict:
-        from serving.refresh import confirm_served, service_url
+        """The service serves what CURRENT names now (read again: it may have moved)."""
+        from serving.refresh import check_published, confirm_served, service_url
 
-        return confirm_served(service_url(_config().serving), checked["version"])
+        cfg = _config()
+        now = check_published(cfg.paths.resolve(cfg.paths.publish_root))
+        return confirm_served(service_url(cfg.serving), now["version"])
 
     checked = check_version()
     confirm(checked, reload(checked))

@@ -5,10 +5,13 @@ Asset), each usable alone:
 
 1. ``check_published(root)``: the version ``CURRENT`` names exists and every file matches its
    manifest checksum (what the service will verify too, found here first with a clear error);
-2. ``request_reload(url, version)``: ``POST /admin/reload`` (with ``Authorization: Bearer`` when
-   the service's admin token variable is set); a 409 (the service refused the version) or an
-   answer naming another version fails with the service's reason;
-3. ``confirm_served(url, version)``: ``GET /version`` names it.
+2. ``request_reload(url, version)``: ``POST /admin/reload`` with no version (with
+   ``Authorization: Bearer`` when the service's admin token variable is set), so the service
+   loads whatever ``CURRENT`` names when it gets the request: a rollback made after the check is
+   never undone (an explicit version would stay pinned until ``CURRENT`` moved again). A 409
+   (the service refused the version) fails with the service's reason;
+3. ``confirm_served(url, version)``: ``GET /version`` names it; the DAG reads ``CURRENT`` again
+   for this step.
 
 The service URL is ``EMBEDDING_SERVING_URL`` when set, else ``http://<serving.host>:<serving.port>``.
 """
@@ -71,32 +74,33 @@ def _headers(cfg: ServingConfig) -> dict[str, str]:
 def request_reload(
     url: str, version: str, cfg: ServingConfig, timeout_s: float = TIMEOUT_S
 ) -> dict[str, Any]:
-    """Ask the service at ``url`` to load ``version``; its answer (``Reloaded``)."""
+    """Ask the service at ``url`` to load what ``CURRENT`` names now (``version``: what the
+    check found there, for the log); its answer (``Reloaded``)."""
     try:
-        response = httpx.post(
-            f"{url}/admin/reload",
-            params={"version": version},
-            headers=_headers(cfg),
-            timeout=timeout_s,
-        )
+        response = httpx.post(f"{url}/admin/reload", headers=_headers(cfg), timeout=timeout_s)
     except httpx.HTTPError as exc:
         raise RefreshError(f"{url}/admin/reload: no answer ({exc}); is the service up?") from exc
     body = _json(response)
     if response.status_code == 409:
         raise RefreshError(
-            f"the service refused {version} and still serves {body.get('version')}: "
-            f"{body.get('detail')}"
+            f"the service refused CURRENT's version (checked: {version}) and still serves "
+            f"{body.get('version')}: {body.get('detail')}"
         )
     if response.status_code != 200:
         raise RefreshError(
             f"{url}/admin/reload answered {response.status_code}: {body.get('detail', body)}"
         )
     if body.get("version") != version:
-        raise RefreshError(f"asked for {version}, the service answered {body}")
+        logger.warning(
+            "CURRENT moved from %s to %s since the check (a rollback or a newer publish): the "
+            "service serves CURRENT's",
+            version,
+            body.get("version"),
+        )
     logger.info(
         "service at %s serves %s (was %s, changed %s, load %.2f s)",
         url,
-        version,
+        body.get("version"),
         body.get("previous"),
         body.get("changed"),
         body.get("load_s", 0.0),

@@ -50,10 +50,26 @@ def test_a_version_the_service_refuses_fails_the_refresh_with_its_reason(tmp_pat
         # checksums match the damaged file: only the service, reading it, finds the problem
         break_version(write_version(tmp_path, V2, make_current=False), "corrupt_parquet")
         set_current(tmp_path, V2)
-        with pytest.raises(RefreshError, match=f"refused {V2} and still serves {V1}: .*Parquet"):
+        with pytest.raises(
+            RefreshError, match=f"refused .*{V2}.* and still serves {V1}: .*Parquet"
+        ):
             request_reload(url, V2, CFG)
         with pytest.raises(RefreshError, match="still answers"):
             confirm_served(url, V2, wait_s=1)
+
+
+def test_a_rollback_between_the_check_and_the_reload_is_not_undone(tmp_path: Path) -> None:
+    write_version(tmp_path, V1)
+    with serve(create_app(tmp_path, CFG)) as client:
+        url = str(client.base_url).rstrip("/")
+        write_version(tmp_path, V2, seed=1)  # published: CURRENT names V2
+        checked = check_published(tmp_path)
+        set_current(tmp_path, V1)  # an operator rolls back before the reload step runs
+        request_reload(url, checked["version"], CFG)
+        served = client.get("/version").json()["version"]
+        later = client.get("/version").json()["version"]
+    assert checked["version"] == V2
+    assert served == later == V1  # CURRENT's, not the version the check saw
 
 
 def test_no_service_is_a_clear_error() -> None:
