@@ -29,6 +29,8 @@ def redacted(url: str) -> str:
     """The webhook as logs may show it: scheme and host only (its path is often the secret)."""
     parts = urllib.parse.urlsplit(url)
     return f"{parts.scheme}://{parts.hostname or '?'}/…"
+
+
 MAX_ERROR_CHARS = 500
 
 

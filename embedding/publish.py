@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ CURRENT = "CURRENT"
 VERSIONS = "versions"
 REJECTED = "rejected"
 TMP = ".tmp"
+STALE_STAGING_S = 3600.0  # a staging folder untouched this long belongs to a crashed publish
 PINNED = "PINNED"
 DELETING = ".deleting-"
 # what version_id produces; ids from a user (CLI, request) must match it in full
@@ -297,6 +299,7 @@ def publish_version(
     ``keep_versions`` is given, apply ``apply_version_retention`` (never to ``version``)."""
     fault = fault or _no_fault
     final = root / VERSIONS / version
+    remove_stale_staging(root)
     already = is_published(root, version)
     if not already:
         if final.exists():
@@ -438,6 +441,29 @@ def _remove_stale_deletions(root: Path) -> None:
     scratch = root / TMP
     for path in scratch.glob(f"{DELETING}*") if scratch.is_dir() else []:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_staging(root: Path, older_than_s: float = STALE_STAGING_S) -> list[str]:
+    """Remove the ``.tmp/<version>-<nonce>`` folders of publishes that crashed: those untouched
+    for ``older_than_s`` (a younger one may belong to a publish still writing). Returns the
+    names removed; each is logged."""
+    scratch = root / TMP
+    removed = []
+    now = time.time()
+    for path in sorted(scratch.iterdir()) if scratch.is_dir() else []:
+        if path.name.startswith(DELETING) or not path.is_dir():
+            continue
+        try:
+            age_s = now - path.stat().st_mtime
+        except OSError:
+            continue  # removed meanwhile
+        if age_s >= older_than_s:
+            logger.warning(
+                "removing %s, left %.0f s ago by a publish that did not finish", path, age_s
+            )
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
 
 
 def apply_version_retention(root: Path, keep: int, protect: Iterable[str] = ()) -> list[str]:

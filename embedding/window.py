@@ -213,13 +213,27 @@ def apply_retention(work_dir: Path, end: date, retention_days: int) -> list[str]
     removed: set[str] = set()
     for partition in sorted(work_dir.glob("*/dt=*")):
         day = partition.name.removeprefix("dt=")
-        if date.fromisoformat(day) < cutoff:
+        if day.endswith(".old"):  # a replacement a crash interrupted (jobs.sessionize)
+            logger.warning("removing %s, left behind by an interrupted day rewrite", partition)
+            shutil.rmtree(partition, ignore_errors=True)
+            continue
+        try:
+            parsed = date.fromisoformat(day)
+        except ValueError:
+            logger.warning("retention: ignoring %s, not a day partition", partition)
+            continue
+        if parsed < cutoff:
             marker = day_marker_path(work_dir, day)
             marker.unlink(missing_ok=True)  # incomplete first, then gone
             shutil.rmtree(partition)
             removed.add(day)
     for marker in sorted((work_dir / DAYS_MARKERS).glob("*.json")):
-        if date.fromisoformat(marker.stem) < cutoff:
+        try:
+            parsed = date.fromisoformat(marker.stem)
+        except ValueError:
+            logger.warning("retention: ignoring %s, not a day marker", marker)
+            continue
+        if parsed < cutoff:
             marker.unlink()
             removed.add(marker.stem)
     return sorted(removed)

@@ -3,6 +3,7 @@ on hand-made tables whose answers can be worked out on paper."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
@@ -335,6 +336,24 @@ def test_retention_deletes_only_days_before_the_cutoff(tmp_path: Path) -> None:
     ]
     assert not day_marker_path(tmp_path, "2026-01-01").exists()
     assert apply_retention(tmp_path, end=date(2026, 1, 4), retention_days=2) == []
+
+
+def test_retention_cleans_up_what_an_interrupted_day_rewrite_left_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from embedding.window import apply_retention
+
+    for name in ("dt=2026-01-03", "dt=2026-01-03.old"):  # a crash between the two renames
+        (tmp_path / "sessions" / name).mkdir(parents=True)
+        (tmp_path / "sessions" / name / "part-00000.parquet").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING):
+        try:
+            removed = apply_retention(tmp_path, end=date(2026, 1, 4), retention_days=2)
+        except ValueError as exc:  # what every later run met before
+            pytest.fail(f"retention fails on the leftover: {exc}")
+    assert removed == []
+    assert [p.name for p in (tmp_path / "sessions").iterdir()] == ["dt=2026-01-03"]
+    assert "dt=2026-01-03.old" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +301,19 @@ def test_published_vectors_are_chosen_on_validation_and_training_never_sees_held
     (name,) = finetune["comparison"]
     assert name == "finetuned_triplet" and finetune["comparison"][name]["loss"] == "triplet"
     assert metrics[name]["n"] == metrics["n_cases"]  # scored on the same test cases
+
+
+def test_a_crashed_publish_leaves_no_staging_folder_behind_for_long(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stale = tmp_path / ".tmp" / "20260101-aaaaaaaa-0badc0de"  # a publish killed mid-write
+    young = tmp_path / ".tmp" / "20260102-bbbbbbbb-12345678"  # may be one still writing
+    for folder in (stale, young):
+        folder.mkdir(parents=True)
+        (folder / "item_vectors.parquet").write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    with caplog.at_level(logging.WARNING, logger="embedding.publish"):
+        publish.publish_version(tmp_path, "20260103-cccccccc", _vectors(), {}, {})
+    assert not stale.exists() and young.exists()
+    assert str(stale) in caplog.text
