@@ -344,6 +344,8 @@ def run_duckdb_sessionize(
 
     started = time.monotonic()
     info = inspect_input(input_path, cfg.source)
+    # optional columns at their canonical names that the log lacks are unused, as in Spark
+    cfg = cfg.model_copy(update={"source": info.source})
     schema = _check_supported(cfg, info.files, info.format)
     rules = cfg.sessionize
     steps: list[tuple[str, float]] = []
