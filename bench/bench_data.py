@@ -327,6 +327,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+BENCH_SALT = "bench-data-fixed-user-id-salt"  # keyed hashing on, as in production
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -338,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import pyspark
 
     cfg = load_config(args.conf, CHECK_OVERRIDES)
+    # one salt for both engines (else each work folder makes its own and the ids differ)
+    os.environ.setdefault(cfg.sessionize.salt_env, BENCH_SALT)
     threads = args.duckdb_threads or spark_cores(cfg.spark.master)
     if args.tmp_dir:
         args.tmp_dir.mkdir(parents=True, exist_ok=True)
