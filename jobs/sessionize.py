@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a file by spark-submit
 from embedding.checksum import source_hash, table_content_hash
 from embedding.config import Config, SessionizeConfig
 from embedding.errors import EmbeddingError, InputError
-from embedding.window import day_marker_path
+from embedding.window import day_marker_path, read_marker
 from jobs import columns as C
 from jobs.ingest import (
     flag_rows,
@@ -343,6 +343,7 @@ class SessionizeResult:
     booking_pairs: int = 0
     quarantine_path: str | None = None
     item_table: dict | None = None  # jobs.items.ItemTableResult, when an item table was given
+    kept_days: list[str] = field(default_factory=list)  # complete days the input lacks: kept
     user_salt_source: str | None = None  # "env:<NAME>" or "file": nothing derived from it
     seconds: float = 0.0
 
@@ -470,6 +471,18 @@ OUTLIER_SHARE = 0.01
 OUTLIER_DAYS = 2  # ... and more than this many days from every larger day is an outlier
 
 
+def kept_complete_days(work_dir: Path, days: list[str], valid_by_day: dict[str, int]) -> list[str]:
+    """The ``days`` the input has no valid event on but the work folder holds complete, with
+    events: rewriting them would blank them."""
+    kept = []
+    for day in days:
+        if valid_by_day.get(day, 0) == 0:
+            marker = read_marker(work_dir, day)
+            if marker is not None and marker.get("n_events", 0) > 0:
+                kept.append(day)
+    return kept
+
+
 def outlier_days(valid_by_day: dict[str, int]) -> list[str]:
     """Days far from the bulk of the log in time, whose rows must not stretch the run's window.
 
@@ -585,6 +598,15 @@ def run_sessionize(
             f"{input_path}: no valid item events on {day_strs[0]}..{day_strs[-1]} "
             f"({result.outside_days} valid events elsewhere, {n_bad} quarantined)"
         )
+    # a complete day is never rewritten from input that lacks it (a run on a partial log)
+    kept = kept_complete_days(work_dir, day_strs, valid_by_day)
+    result.kept_days = kept
+    if kept:
+        logger.warning(
+            "%s has no events on %d days the work folder holds complete (%s..%s): kept as "
+            "they are, not rewritten empty",
+            input_path, len(kept), kept[0], kept[-1],
+        )  # fmt: skip
     item_table = None
     if items_path is not None:
         item_table, rejected_items, table_result = read_item_table(
@@ -644,6 +666,8 @@ def run_sessionize(
             _phase(f"wrote {table}", started)
         code_hash = source_hash()
         for day in day_strs:
+            if day in kept:
+                continue
             stats = commit_day(
                 work_dir, staging, day, str(input_path), valid_by_day.get(day, 0), code_hash
             )

@@ -326,3 +326,22 @@ def test_one_percent_of_each_bad_kind_is_quarantined_exactly(spark, tmp_path: Pa
     got = [(r["reason"], r["user_id"], r["item_id"], r["event"]) for r in quarantined]
     assert sorted(got, key=str) == sorted(expected, key=str)
     assert result.rows_read == len(rows) and result.events_valid == len(rows) - len(expected)
+
+
+def test_a_run_on_a_log_that_lacks_a_complete_day_keeps_that_day(spark, tmp_path: Path) -> None:
+    """A CLI run or sweep on a partial log must not blank a day the work folder holds."""
+    one_day = 86_400
+    full = [ev("u", d * one_day + s, f"I{d}{s}") for d in range(3) for s in (0, 60, 120)]
+    _, _, work = run(tmp_path, full)
+    before = json.loads((work / "_days" / "2026-01-02.json").read_text())
+    kept_sessions = load_table(work, "sessions", [date(2026, 1, 2)]).to_pylist()
+    assert before["n_events"] == 3 and len(kept_sessions) == 1
+
+    lacking_day_2 = [row for row in full if row["ts"].date() != date(2026, 1, 2)]
+    result, _, _ = run(tmp_path, lacking_day_2)  # days 1..3 again, nothing on the 2nd
+
+    after = json.loads((work / "_days" / "2026-01-02.json").read_text())
+    assert after["n_events"] == 3, "a complete day was rewritten empty"
+    assert after == before
+    assert load_table(work, "sessions", [date(2026, 1, 2)]).to_pylist() == kept_sessions
+    assert result.to_dict().get("kept_days") == ["2026-01-02"]
