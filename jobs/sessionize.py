@@ -135,7 +135,9 @@ def session_id(user_id: Column, day: Column, number: Column) -> Column:
 
 
 def _ordered_events(events: DataFrame) -> DataFrame:
-    """One row per session with its events (``all_events``) sorted by (ts, seq, item_id)."""
+    """One row per session with its events (``all_events``) sorted by (ts, seq, item_id),
+    duplicates left out, and ``n_duplicates``: the rows flagged ``is_duplicate`` (counted from
+    the rows themselves, so the run's accounting can fail when an event goes missing)."""
     ev = F.struct(
         F.col(C.TS).alias("ts"),
         F.coalesce(F.col(C.SEQ), F.lit(0)).alias("seq"),
@@ -146,14 +148,17 @@ def _ordered_events(events: DataFrame) -> DataFrame:
         F.col(C.SHOWN_PRICES).alias("shown_prices"),
         F.col("cut_at_midnight").alias("midnight"),
     )
+    duplicate = F.col("is_duplicate")
     per_session = events.groupBy(C.USER_ID, C.DAY, "session_n").agg(
-        F.sort_array(F.collect_list(ev)).alias("all_events")
+        F.sort_array(F.collect_list(F.when(~duplicate, ev))).alias("all_events"),  # nulls skipped
+        F.sum(duplicate.cast("int")).alias("n_duplicates"),
     )
     return per_session.select(
         session_id(F.col(C.USER_ID), F.col(C.DAY), F.col("session_n")).alias(C.SESSION_ID),
         C.USER_ID,
         C.DAY,
         "all_events",
+        "n_duplicates",
     )
 
 
@@ -202,6 +207,7 @@ def build_sessions(per_session: DataFrame, rules: SessionizeConfig) -> DataFrame
             F.size("events").alias(C.N_EVENTS),
             "n_all_events",
             "n_short_dwell",
+            "n_duplicates",
             "cut_at_midnight",
             "events",
             C.DAY,
@@ -416,6 +422,7 @@ def _rule_counts(sessions: DataFrame) -> dict[str, int]:
     kept = F.col("is_kept")
     row = sessions.agg(
         F.sum("n_all_events").alias("events_valid"),
+        F.sum("n_duplicates").alias("duplicates"),
         F.sum("n_short_dwell").alias("short_dwell_dropped"),
         F.sum(F.when(kept, 1).otherwise(0)).alias("sessions"),
         F.sum(F.when(~kept, 1).otherwise(0)).alias("short_sessions"),
@@ -469,6 +476,23 @@ UNUSED_MEANS = {
 # day, 0.1% is under one row, and a day of 3 rows dated years later would stay)
 OUTLIER_SHARE = 0.01
 OUTLIER_DAYS = 2  # ... and more than this many days from every larger day is an outlier
+
+
+def check_accounting(result: SessionizeResult, in_days_valid: int) -> None:
+    """Every valid row of the run's days ends in exactly one place: a duplicate, or an event of
+    a session (whose rules split it further). Both sides are counted from the rows, so a row
+    lost in between is an error, never a silent remainder.
+
+    Raises:
+        EmbeddingError: the counts disagree (a bug, not bad input).
+    """
+    placed = result.duplicates + result.events_valid
+    if placed != in_days_valid:
+        raise EmbeddingError(
+            f"row accounting failed: {in_days_valid} valid rows on the run's days, but "
+            f"{result.duplicates} duplicates + {result.events_valid} session events = {placed}; "
+            f"{in_days_valid - placed} rows went missing in sessionization"
+        )
 
 
 def kept_complete_days(work_dir: Path, days: list[str], valid_by_day: dict[str, int]) -> list[str]:
@@ -636,12 +660,12 @@ def run_sessionize(
     # hash-partitioned by (hashed) user once: the dedupe, every session window and the
     # per-session grouping all reuse that layout, so the events are shuffled once
     sessionized = cut_sessions(events.repartition(C.USER_ID), rules.gap_minutes)
-    per_session = _ordered_events(sessionized.where(~F.col("is_duplicate")))
+    per_session = _ordered_events(sessionized)
     all_sessions = build_sessions(drop_short_dwell(per_session, rules.min_dwell_s), rules).cache()
     try:
         for key, value in _rule_counts(all_sessions).items():
             setattr(result, key, value)
-        result.duplicates = in_days_valid - result.events_valid
+        check_accounting(result, in_days_valid)
         _phase("built sessions", started)
         sessions = all_sessions.where("is_kept")
         conversions = extract_conversions(sessions).cache()

@@ -19,7 +19,7 @@ from conftest import day_markers, small_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedding.errors import ConfigError, InputError
+from embedding.errors import ConfigError, EmbeddingError, InputError
 from embedding.window import load_table
 from jobs.sessionize import run_sessionize
 
@@ -252,6 +252,9 @@ def test_every_row_ends_in_exactly_one_place(spark, tmp_path_factory, rows) -> N
     assert r.rows_read == len(rows)
     placed = sum(r.dropped_by_type.values()) + sum(r.quarantined_by_reason.values())
     assert r.rows_read == placed + r.duplicates + r.outside_days + r.events_valid
+    # duplicates counted from the input itself: valid rows minus distinct valid rows
+    valid = [row for row in rows if row[2] is not None and row[3] in ("view", "click", "book")]
+    assert r.duplicates == len(valid) - len(set(valid))
     assert r.events_valid == r.short_dwell_dropped + r.short_session_events + r.session_events
     assert r.session_events == r.session_items + r.collapsed_repeats + r.truncated_events
     days = [date.fromisoformat(d) for d in r.days]
@@ -345,3 +348,14 @@ def test_a_run_on_a_log_that_lacks_a_complete_day_keeps_that_day(spark, tmp_path
     assert after == before
     assert load_table(work, "sessions", [date(2026, 1, 2)]).to_pylist() == kept_sessions
     assert result.to_dict().get("kept_days") == ["2026-01-02"]
+
+
+def test_the_row_accounting_fails_when_a_row_goes_missing() -> None:
+    """Duplicates and session events are both counted from the rows: a planted loss of one row
+    between them is an error, not a silent remainder (as it was when duplicates were one)."""
+    from jobs.sessionize import SessionizeResult, check_accounting
+
+    result = SessionizeResult(days=["2026-01-01"], work_dir="w", duplicates=2, events_valid=7)
+    check_accounting(result, in_days_valid=9)  # 2 + 7: every row placed
+    with pytest.raises(EmbeddingError, match="1 rows went missing"):
+        check_accounting(result, in_days_valid=10)  # one row lost in sessionization
