@@ -53,6 +53,24 @@ def _interval() -> tuple:
     return context["data_interval_start"].date(), context["data_interval_end"].date()
 
 
+def _writer(cfg, release: bool = False):
+    """This task's hold on the work folder and publish root (``embedding.lock``): the file
+    lock for its own life, the run's lease between its tasks; waits out another writer."""
+    from embedding.lock import default_wait_s, lease_ttl_s
+    from embedding.pipeline import resolve_paths, writer_lock
+
+    context = get_current_context()
+    start, end = _interval()
+    return writer_lock(
+        resolve_paths(cfg),
+        f"DAG item_embeddings, task {context['ti'].task_id}",
+        run=context["run_id"],
+        scope=f"item_embeddings {start}..{end}",
+        release=release,
+        wait_s=default_wait_s(lease_ttl_s() + 300),
+    )
+
+
 @dag(
     dag_id="item_embeddings",
     schedule=DAILY,
@@ -85,7 +103,8 @@ def item_embeddings():
         cfg = _config()
         paths = resolve_paths(cfg)
         start, end = _interval()
-        return sessionize_stage(cfg, paths, days_to_sessionize(cfg, paths, start, end))
+        with _writer(cfg):
+            return sessionize_stage(cfg, paths, days_to_sessionize(cfg, paths, start, end))
 
     @task(execution_timeout=timedelta(minutes=5))
     def completeness(ingest: dict) -> dict:
@@ -95,7 +114,13 @@ def item_embeddings():
 
         cfg = _config()
         start, end = _interval()
-        verdict = check_interval(cfg.completeness, Path(resolve_paths(cfg).work_dir), start, end)
+        with _writer(cfg):
+            verdict = check_interval(
+                cfg.completeness, Path(resolve_paths(cfg).work_dir), start, end
+            )
+        if verdict.failed:  # the run stops here: its lease goes with it
+            with _writer(cfg, release=True):
+                pass
         verdict.raise_for_failure()
         return verdict.to_dict()
 
@@ -106,40 +131,55 @@ def item_embeddings():
         cfg = _config()
         _, end = _interval()
         start = end - timedelta(days=cfg.window.days)
-        return plan_run(cfg, resolve_paths(cfg), start, end).to_dict()
+        with _writer(cfg):
+            return plan_run(cfg, resolve_paths(cfg), start, end).to_dict()
 
     @task
     def train(run: dict) -> dict:
         from embedding.stage_process import run_stage_process
 
-        run_stage_process("train", *_conf_args(), run)
+        with _writer(_config()):
+            run_stage_process("train", *_conf_args(), run)
         return run
 
     @task
     def finetune(run: dict) -> dict:
         from embedding.stage_process import run_stage_process
 
-        run_stage_process("finetune", *_conf_args(), run)
+        with _writer(_config()):
+            run_stage_process("finetune", *_conf_args(), run)
         return run
 
     @task
     def evaluate(run: dict) -> dict:
         from embedding.pipeline import RunPlan, evaluate_stage
 
-        return evaluate_stage(_config(), RunPlan.from_dict(run))
+        cfg = _config()
+        with _writer(cfg):
+            return evaluate_stage(cfg, RunPlan.from_dict(run))
 
     @task(retries=0)
     def gate(run: dict, evaluation: dict, ingest: dict) -> dict:
+        from embedding.errors import QualityGateError
         from embedding.pipeline import RunPlan, gate_stage
 
-        gate_stage(_config(), RunPlan.from_dict(run), evaluation, {"ingest": ingest})
+        cfg = _config()
+        try:
+            with _writer(cfg):
+                gate_stage(cfg, RunPlan.from_dict(run), evaluation, {"ingest": ingest})
+        except QualityGateError:  # the run ends here: its lease goes with it
+            with _writer(cfg, release=True):
+                pass
+            raise
         return evaluation
 
     @task(outlets=[PUBLISHED])
     def publish(run: dict, evaluation: dict, ingest: dict) -> dict:
         from embedding.pipeline import RunPlan, publish_stage
 
-        return publish_stage(_config(), RunPlan.from_dict(run), evaluation, {"ingest": ingest})
+        cfg = _config()
+        with _writer(cfg):
+            return publish_stage(cfg, RunPlan.from_dict(run), evaluation, {"ingest": ingest})
 
     @task
     def retention(published: dict) -> list[str]:
@@ -148,9 +188,10 @@ def item_embeddings():
         from embedding.window import apply_retention
 
         cfg = _config()
-        removed = apply_retention(
-            Path(resolve_paths(cfg).work_dir), _interval()[1], cfg.window.retention_days
-        )
+        with _writer(cfg, release=True):  # the run's last task: its lease ends here
+            removed = apply_retention(
+                Path(resolve_paths(cfg).work_dir), _interval()[1], cfg.window.retention_days
+            )
         logging.getLogger(__name__).info("retention: removed %d days %s", len(removed), removed)
         return removed
 

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import struct
 import time
-import uuid
 import weakref
 from importlib import metadata
 from pathlib import Path
@@ -35,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from embedding.atomic import write_text_atomic
+from embedding.atomic import write_atomic, write_text_atomic
 from embedding.config import ServingConfig
 from embedding.errors import EmbeddingError
 
@@ -143,12 +141,7 @@ def save_index(
         "labels": "row numbers of item_vectors.parquet in file order",
         "build_s": round(_BUILD_SECONDS[index], 3) if index in _BUILD_SECONDS else None,
     }
-    tmp_index = folder / f".{INDEX_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        index.save_index(str(tmp_index))
-        os.replace(tmp_index, index_path)
-    finally:
-        tmp_index.unlink(missing_ok=True)
+    write_atomic(index_path, lambda tmp: index.save_index(str(tmp)))
     write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     logger.info(
         "saved HNSW index (%d items x %d, %.1f MB) to %s",

@@ -8,7 +8,7 @@ published version against corruption.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,6 +23,17 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def expected_sha256(entry: object) -> str | None:
+    """The hex digest of a manifest ``files`` entry in any of the forms met: ``"<hex>"`` (what
+    the publisher writes), ``"sha256:<hex>"`` or ``{"sha256": "<hex>"}``; None for anything
+    else."""
+    if isinstance(entry, Mapping):
+        entry = entry.get("sha256")
+    if not isinstance(entry, str) or not entry:
+        return None
+    return entry.removeprefix("sha256:").lower()
 
 
 def _canonical_type(dtype: pa.DataType) -> pa.DataType:

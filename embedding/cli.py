@@ -24,6 +24,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger("embedding")
 
 
+def _add_wait_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wait this long for another writer of the same folders to finish (default: "
+        "$EMBEDDING_LOCK_WAIT_S, else 0: stop at once, naming it)",
+    )
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--conf", type=Path, default=None, help="YAML config (default: conf/default.yaml)"
@@ -72,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--work-dir", type=Path, default=None, help="default <publish-root>/.work")
     run.add_argument("--items", type=Path, default=None, help="item table (CONTRACTS §1b)")
     _add_config_args(run)
+    _add_wait_arg(run)
 
     ver = sub.add_parser("versions", help="list published versions with metrics and gate result")
     ver.add_argument("--publish-root", type=Path, default=None)
@@ -84,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("version", help="a published version id, e.g. 20260108-1a2b3c4d")
     rb.add_argument("--publish-root", type=Path, default=None)
     _add_config_args(rb)
+    _add_wait_arg(rb)
 
     rep = sub.add_parser("report", help="write a published version's HTML report to a file")
     rep.add_argument("--version", default=None, help="default: CURRENT")
@@ -101,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--score-test", action="store_true",
                     help="also record test-split figures (never used to rank)")  # fmt: skip
     _add_config_args(sw)
+    _add_wait_arg(sw)
 
     nb = sub.add_parser("neighbors", help="print the nearest items of one item (exact cosine)")
     nb.add_argument("item_id")
@@ -167,7 +181,7 @@ def format_metrics(metrics: dict) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from embedding.pipeline import resolve_paths, run_pipeline
+    from embedding.pipeline import resolve_paths, run_pipeline, writer_lock
 
     cfg = _load(args)
     if not args.input.exists():
@@ -175,7 +189,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.items and not args.items.exists():
         raise InputError(f"{args.items}: item table not found")
     paths = resolve_paths(cfg, args.input, args.publish_root, args.work_dir, args.items)
-    result = run_pipeline(cfg, paths)
+    with writer_lock(paths, "python -m embedding run", wait_s=args.wait):
+        result = run_pipeline(cfg, paths)
     pub = result["publish"]
     ingest = result["ingest"]
     state = "already published" if pub["already_published"] else "published"
@@ -299,11 +314,13 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    from embedding.lock import exclusive
     from embedding.publish import rollback
 
     cfg = _load(args)
     root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
-    result = rollback(root, args.version)
+    with exclusive([root], "python -m embedding rollback", wait_s=args.wait):
+        result = rollback(root, args.version)
     print(f"CURRENT was {result.previous_current}, now {result.version}")
     print(
         f"pinned at {result.pinned_at}: publishing or rerunning a version trained on or before "
@@ -375,19 +392,22 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from embedding.lock import exclusive
     from embedding.pipeline import plan_run, resolve_paths, sessionize_stage
     from embedding.sweep import format_table, load_grid, run_sweep
 
     cfg = _load(args)
     grid = load_grid(args.grid)
     paths = resolve_paths(cfg, args.input, args.publish_root, args.work_dir, args.items)
-    ingest = sessionize_stage(cfg, paths, None)
-    start = datetime.date.fromisoformat(ingest["days"][0])
-    end = datetime.date.fromisoformat(ingest["days"][-1]) + datetime.timedelta(days=1)
-    plan = plan_run(cfg, paths, max(start, end - datetime.timedelta(days=cfg.window.days)), end)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
-    out = args.out or Path(paths.work_dir) / "sweeps" / stamp
-    ranked = run_sweep(cfg, plan, grid, out, score_test=args.score_test)
+    with exclusive([paths.work_dir], "python -m embedding sweep", wait_s=args.wait):
+        ingest = sessionize_stage(cfg, paths, None)
+        start = datetime.date.fromisoformat(ingest["days"][0])
+        end = datetime.date.fromisoformat(ingest["days"][-1]) + datetime.timedelta(days=1)
+        window_start = max(start, end - datetime.timedelta(days=cfg.window.days))
+        plan = plan_run(cfg, paths, window_start, end)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+        out = args.out or Path(paths.work_dir) / "sweeps" / stamp
+        ranked = run_sweep(cfg, plan, grid, out, score_test=args.score_test)
     popularity = json.loads((out / "sweep.json").read_text())["popularity_val"]
     print("\n".join(format_table(ranked, grid.metric, popularity)))
     print(f"wrote {out}/sweep.json, sweep.csv and best.yaml (best: {ranked[0]['trial']})")

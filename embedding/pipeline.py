@@ -52,6 +52,21 @@ class Paths:
     items: str | None = None  # the item table (CONTRACTS §1b), when the source has one
 
 
+def writer_lock(
+    paths: Paths,
+    command: str,
+    run: str | None = None,
+    scope: str | None = None,
+    release: bool = False,
+    wait_s: float | None = None,
+):
+    """Hold the work folder and the publish root for one writer (``embedding.lock.exclusive``):
+    a CLI run for its life, a DAG task for its own and, through the lease, its whole run."""
+    from embedding.lock import exclusive
+
+    return exclusive([paths.work_dir, paths.publish_root], command, run, scope, release, wait_s)
+
+
 def resolve_paths(
     cfg: Config,
     input_path: Path | str | None = None,

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -40,9 +39,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
 
+from embedding.atomic import fsync_dir, fsync_tree, rename_durably
 from embedding.atomic import write_text_atomic as _write_atomic
 from embedding.checksum import SOURCE_PACKAGES as SOURCE_PACKAGES
-from embedding.checksum import file_sha256
+from embedding.checksum import expected_sha256, file_sha256
 from embedding.checksum import source_hash as source_hash
 from embedding.errors import InputError, PublishError
 from embedding.train_w2v import ItemVectors
@@ -155,16 +155,63 @@ def member_path(version_dir: Path, name: object) -> Path:
     return path
 
 
+def _is_listed_kind(relative: PurePosixPath) -> bool:
+    """Files a manifest must list: all but the manifest and hidden or marker files
+    (``.x.tmp`` of a writer, Spark's ``_SUCCESS``)."""
+    return relative.as_posix() != MANIFEST and not any(
+        part.startswith((".", "_")) for part in relative.parts
+    )
+
+
+def read_manifest(version_dir: Path) -> dict:
+    """A version's manifest as a dict, or PublishError naming the version and what to do: a
+    missing, empty or unparsable file (e.g. a power cut before it reached the disk), or one
+    whose ``files`` does not list the vectors with a checksum each."""
+    path = version_dir / MANIFEST
+    redo = (
+        f"version {version_dir.name} is incomplete or damaged: rerun the run that produced "
+        "it (the publish replaces the folder) or roll back to another version"
+    )
+    if not path.is_file():
+        raise PublishError(f"{path}: missing; {redo}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise PublishError(f"{path}: unreadable ({exc}); {redo}") from exc
+    if not isinstance(manifest, dict):
+        raise PublishError(f"{path}: not a JSON object; {redo}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or VECTORS_FILE not in files:
+        raise PublishError(f"{path}: 'files' does not list {VECTORS_FILE}; {redo}")
+    for name, entry in files.items():
+        if expected_sha256(entry) is None:
+            raise PublishError(f"{path}: 'files' holds no sha256 for {name!r}; {redo}")
+    return manifest
+
+
 def verify_version(version_dir: Path) -> dict:
-    """Load a version's manifest and check every file's checksum; raise PublishError if not."""
-    manifest_path = version_dir / MANIFEST
-    if not manifest_path.is_file():
-        raise PublishError(f"{version_dir}: no {MANIFEST}; the version is incomplete")
-    manifest = json.loads(manifest_path.read_text())
-    for name, expected in manifest.get("files", {}).items():
+    """Load a version's manifest and check it: every file of the folder is listed, and every
+    listed file exists with its checksum (``<hex>``, ``sha256:<hex>`` or ``{"sha256": ...}``).
+    Raises PublishError naming the version and the file."""
+    manifest = read_manifest(version_dir)
+    files = manifest["files"]
+    for name, entry in files.items():
         path = member_path(version_dir, name)
-        if not path.is_file() or file_sha256(path) != expected:
-            raise PublishError(f"{path}: missing or checksum differs from {MANIFEST}")
+        if not path.is_file() or file_sha256(path) != expected_sha256(entry):
+            raise PublishError(
+                f"{path}: missing or checksum differs from {MANIFEST}; version "
+                f"{version_dir.name} is damaged: rerun its run or roll back to another version"
+            )
+    present = {
+        path.relative_to(version_dir).as_posix()
+        for path in version_dir.rglob("*")
+        if path.is_file() and _is_listed_kind(PurePosixPath(path.relative_to(version_dir)))
+    }
+    if unlisted := sorted(present - set(files)):
+        raise PublishError(
+            f"{version_dir / MANIFEST}: does not list {', '.join(unlisted)}; every file of a "
+            "version is listed with its checksum"
+        )
     return manifest
 
 
@@ -263,9 +310,9 @@ def _write_version_dir(
         write_extra(target)
     fault("data_written")
     files = {
-        p.name: file_sha256(p)
-        for p in sorted(target.iterdir())
-        if p.is_file() and p.name != MANIFEST
+        p.relative_to(target).as_posix(): file_sha256(p)
+        for p in sorted(target.rglob("*"))
+        if p.is_file() and _is_listed_kind(PurePosixPath(p.relative_to(target)))
     }
     full = {
         "contract_version": CONTRACT_VERSION,
@@ -276,6 +323,7 @@ def _write_version_dir(
         "files": files,
     }
     (target / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+    fsync_tree(target)  # every byte on disk before the rename makes the version visible
     fault("manifest_written")
 
 
@@ -302,10 +350,9 @@ def publish_version(
     remove_stale_staging(root)
     already = is_published(root, version)
     if not already:
-        if final.exists():
-            raise PublishError(
-                f"{final}: exists but is not a complete version; move it aside and rerun"
-            )
+        if final.exists():  # a crash or power cut left it damaged: same inputs, so redo it
+            logger.warning("%s exists but is not a complete version: replacing it", final)
+            _delete_folder(root, VERSIONS, version)
         tmp = root / TMP / f"{version}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
@@ -321,7 +368,8 @@ def publish_version(
             )
             fault("before_rename")
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(tmp, final)
+            fsync_dir(root)  # the versions/ entry itself, the first time
+            rename_durably(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         logger.info("published %s (%d items)", final, len(vectors.ids))
@@ -432,7 +480,7 @@ def _delete_folder(root: Path, kind: str, name: str) -> None:
     scratch = root / TMP
     scratch.mkdir(parents=True, exist_ok=True)
     doomed = scratch / f"{DELETING}{kind}-{name}-{uuid.uuid4().hex[:8]}"
-    os.rename(root / kind / name, doomed)
+    rename_durably(root / kind / name, doomed)
     shutil.rmtree(doomed)
 
 

@@ -25,6 +25,7 @@ import logging
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -37,9 +38,11 @@ from pyspark.sql import functions as F
 if __package__ in (None, ""):  # run as a file by spark-submit
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from embedding.atomic import fsync_dir, fsync_tree, write_text_atomic
 from embedding.checksum import source_hash, table_content_hash
 from embedding.config import Config, SessionizeConfig
 from embedding.errors import EmbeddingError, InputError
+from embedding.lock import held_here
 from embedding.window import day_marker_path, read_marker
 from jobs import columns as C
 from jobs.ingest import (
@@ -367,17 +370,40 @@ def day_partition(work_dir: Path, table: str, day: str) -> Path:
 
 
 def _replace_dir(src: Path | None, dest: Path) -> None:
-    """Put ``src`` (or an empty folder) at ``dest``, replacing what was there."""
+    """Put ``src`` (or an empty folder) at ``dest``, replacing what was there; the files and
+    both renames are flushed to disk (a day marker is written only after this)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     old = dest.with_name(dest.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         dest.rename(old)
     if src is not None and src.exists():
+        fsync_tree(src)
         src.rename(dest)
     else:
         dest.mkdir()
+    fsync_dir(dest.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+STALE_STAGING_S = 3600.0  # a staging folder untouched this long belongs to a dead run
+
+
+def staging_folder(work_dir: Path, day_strs: list[str]) -> Path:
+    """A staging folder of this run's own (``.staging/<first>_<last>-<nonce>``), after removing
+    the ones a killed run left: all of them when this process holds the work folder's lock,
+    else those untouched for an hour."""
+    parent = work_dir / ".staging"
+    exclusive = held_here(work_dir)
+    for old in sorted(parent.iterdir()) if parent.is_dir() else []:
+        try:
+            stale = exclusive or time.time() - old.stat().st_mtime > STALE_STAGING_S
+        except OSError:
+            continue
+        if stale:
+            logger.warning("removing %s, left by a run that did not finish", old)
+            shutil.rmtree(old, ignore_errors=True)
+    return parent / f"{day_strs[0]}_{day_strs[-1]}-{uuid.uuid4().hex[:8]}"
 
 
 def commit_day(
@@ -412,9 +438,7 @@ def commit_day(
         stats[f"n_{table}"] = sum(t.num_rows for t in tables)
         stats[f"{table}_hash"] = table_content_hash(tables, keys)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(stats, indent=1, sort_keys=True))
-    tmp.replace(marker)
+    write_text_atomic(marker, json.dumps(stats, indent=1, sort_keys=True))
     return stats
 
 
@@ -637,8 +661,7 @@ def run_sessionize(
             get_spark(cfg.spark), cfg, items_path
         )
         result.item_table = table_result.to_dict()
-    staging = work_dir / ".staging" / f"{day_strs[0]}_{day_strs[-1]}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_folder(work_dir, day_strs)
     if item_table is not None and table_result.quarantined_by_reason:
         qpath = work_dir / "quarantine_items" / f"{day_strs[0]}_{day_strs[-1]}"
         rejected_items.coalesce(1).write.mode("overwrite").parquet(str(qpath))

@@ -53,6 +53,7 @@ from serving.model import (
     LoadedVersion,
     NoCurrentVersionError,
     VersionLoadError,
+    load_newest_valid,
     load_version,
     read_current,
 )
@@ -189,6 +190,8 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
             await run_in_threadpool(reload, app)
         except NoCurrentVersionError as exc:
             logger.warning("starting without a version: %s", exc)
+        except VersionLoadError as exc:  # e.g. a power cut damaged the newest version
+            await run_in_threadpool(start_on_newest_valid, app, exc)
         await run_in_threadpool(settle_heap, True)
         served = app.state.loaded
         app.state.reloader = Reloader(app, served.version if served is not None else None)
@@ -300,6 +303,28 @@ def swap(app: FastAPI, loaded: LoadedVersion) -> None:
     logger.info(
         "serving version %s (was %s)", loaded.version, previous.version if previous else "none"
     )
+
+
+def start_on_newest_valid(app: FastAPI, error: VersionLoadError) -> LoadedVersion:
+    """Serve the newest version that verifies when CURRENT's does not; re-raise ``error``
+    (the service does not start) when none does."""
+    current = None
+    with contextlib.suppress(VersionLoadError):
+        current = read_current(app.state.publish_root)
+    logger.error("CURRENT's version cannot be served: %s", error)
+    try:
+        loaded = load_newest_valid(
+            app.state.publish_root, app.state.serving_cfg, skip=[current] if current else []
+        )
+    except VersionLoadError:
+        raise error from None
+    logger.warning(
+        "starting on %s, the newest version that verifies; CURRENT names %s: rerun its "
+        "publish or roll back", loaded.version, current,
+    )  # fmt: skip
+    app.state.blocklist.current.rows_for(loaded)
+    swap(app, loaded)
+    return loaded
 
 
 def reload(app: FastAPI, version: str | None = None) -> LoadedVersion:

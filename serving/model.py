@@ -48,7 +48,7 @@ from embedding.ann_index import EXACT_SEARCH_MAX_ITEMS as EXACT_SEARCH_MAX_ITEMS
 from embedding.ann_index import HNSW_RANDOM_SEED as HNSW_RANDOM_SEED
 from embedding.ann_index import INDEX_FILE, INDEX_META_FILE, AnnIndexError, build_index, load_index
 from embedding.ann_index import SINGLE_THREAD_MAX_ITEMS as SINGLE_THREAD_MAX_ITEMS
-from embedding.checksum import file_sha256
+from embedding.checksum import expected_sha256, file_sha256
 from embedding.config import ServingConfig
 from embedding.errors import EmbeddingError
 from embedding.publish import CURRENT, MANIFEST, VERSIONS
@@ -331,6 +331,31 @@ def read_current(publish_root: Path) -> str:
     return version
 
 
+def load_newest_valid(
+    publish_root: Path, cfg: ServingConfig | None = None, skip: Collection[str] = ()
+) -> LoadedVersion:
+    """The newest version under ``versions/`` (by day, then name) that loads and verifies,
+    ``skip`` aside: what the service starts on when ``CURRENT`` names a damaged version (a
+    power cut during a publish). Each refused version is logged.
+
+    Raises:
+        VersionLoadError: no version loads.
+    """
+    folder = Path(publish_root) / VERSIONS_DIR
+    names = [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    candidates = sorted(
+        (n for n in names if _VERSION_ID.match(n) and n not in skip),
+        key=lambda n: (n.split("-", 1)[0], n),
+        reverse=True,
+    )
+    for version in candidates:
+        try:
+            return load_version(publish_root, version, cfg)
+        except VersionLoadError as exc:
+            logger.error("version %s cannot be served either: %s", version, exc)
+    raise VersionLoadError(f"no version under {folder} loads and verifies")
+
+
 def load_version(
     publish_root: Path, version: str | None = None, cfg: ServingConfig | None = None
 ) -> LoadedVersion:
@@ -481,15 +506,6 @@ def _manifest_int(manifest: Mapping[str, Any], key: str, version_dir: Path) -> i
     return value
 
 
-def _expected_sha256(entry: Any) -> str | None:
-    """The hex digest of a manifest ``files`` entry: "<hex>", "sha256:<hex>" or {"sha256": ...}."""
-    if isinstance(entry, Mapping):
-        entry = entry.get("sha256")
-    if not isinstance(entry, str):
-        return None
-    return entry.removeprefix("sha256:").lower()
-
-
 def _verify_checksums(vectors_path: Path, manifest: Mapping[str, Any], version_dir: Path) -> None:
     """Each file we read must match its sha256 in the manifest (a folder: each part file)."""
     files = manifest.get("files")
@@ -507,7 +523,7 @@ def _verify_checksums(vectors_path: Path, manifest: Mapping[str, Any], version_d
         raise VersionLoadError(f"{vectors_path} does not exist: the version is incomplete")
     for part in parts:
         name = part.relative_to(version_dir).as_posix()
-        expected = _expected_sha256(files.get(name))
+        expected = expected_sha256(files.get(name))
         if expected is None:
             raise VersionLoadError(
                 f"{version_dir / MANIFEST_FILE}: no sha256 for {name} under 'files'"
@@ -517,7 +533,7 @@ def _verify_checksums(vectors_path: Path, manifest: Mapping[str, Any], version_d
 
 def _verify_file(path: Path, entry: Any, version_dir: Path) -> None:
     """``path`` exists and its sha256 is the one of its manifest ``files`` entry."""
-    expected = _expected_sha256(entry)
+    expected = expected_sha256(entry)
     if expected is None:
         raise VersionLoadError(
             f"{version_dir / MANIFEST_FILE}: the 'files' entry of "

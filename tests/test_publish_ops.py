@@ -46,8 +46,12 @@ def _publish(root: Path, version: str, seed: int = 0, **kwargs) -> publish.Publi
 
 
 def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` but the writer lock (``embedding.lock``: it names its last
+    holder, and a refused command took it)."""
     return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock"
     }
 
 
