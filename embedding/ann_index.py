@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from embedding import chaos
 from embedding.atomic import write_atomic, write_text_atomic
 from embedding.config import ServingConfig
 from embedding.errors import EmbeddingError
@@ -218,6 +219,7 @@ def write_version_index(
         logger.info("no ANN index for %d items (< %d): served by exact search", n_items, min_items)
         return {}
     index = build_index(item_vectors.vectors, cfg)
+    chaos.point("publish.index")
     return save_index(index, Path(folder), n_items, dim, cfg)
 
 

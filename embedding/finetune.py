@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from embedding import chaos
 from embedding.config import FinetuneParams
 from embedding.train_w2v import ItemVectors, normalize_rows
 
@@ -588,6 +589,7 @@ def finetune(
                 "temperature": temp_now,
             }
         )
+        chaos.point("finetune.epoch")
         logger.info(
             "fine-tune epoch %d/%d: loss %.4f, val recall@%d %.4f, %.0f pairs/s, lr %.2e, "
             "temperature %.4f",

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedding import publish
+from embedding import chaos, publish
 from embedding.atomic import write_text_atomic
 from embedding.config import Config
 from embedding.errors import InputError, QualityGateError
@@ -244,6 +244,7 @@ def cold_start_stage(cfg: Config, plan: RunPlan, trained: ItemVectors, meta) -> 
                                                          np.zeros(0, np.int64)), cold)  # fmt: skip
     meta_market = dict(zip(meta.ids, meta.markets, strict=True))
     cold_markets = {i: meta_market.get(i) for i in cold_ids}
+    chaos.point("cold_start.inferred")
     write_vectors(_artefact(plan, COLD_START_FILE), cold_vectors, cold_markets, cold_ids)
     trained_ids = set(trained.ids)
     n_table = len(meta.ids)
@@ -457,6 +458,7 @@ def refit_stage(cfg: Config, plan: RunPlan, chosen: str) -> tuple[ItemVectors, d
         ft = cfg.finetune.model_copy(update={"epochs": epochs, "val_fraction": 0.0})
         vectors, _ = finetune(vectors, ctx, tgt, ft, cfg.seed, markets=item_markets(plan),
                               fixed_epochs=True)  # fmt: skip
+    chaos.point("publish.refit")
     write_vectors(out, vectors)
     logger.info("refit on all %d sessions of the window: %s", sessions.num_rows, record)
     return vectors, record
@@ -527,6 +529,7 @@ def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
         )  # fmt: skip
     gate = check_gate(metrics, metrics["published"], cfg.gate)
     result = {"metrics": metrics, "gate": gate}
+    chaos.point("evaluate.scored")
     write_text_atomic(out, json.dumps(result, indent=1))
     return result
 
@@ -629,13 +632,14 @@ def publish_stage(
             markets = {**extra_markets, **markets}
         fields = _manifest_fields(cfg, plan, evaluation, extra)
         report = version_report(plan.version, fields, final, markets, cfg.seed)
+        chaos.point("publish.report")
         result = publish.publish_version(
             root,
             plan.version,
             final,
             markets,
             fields,
-            fault=fault,
+            fault=fault or chaos.publish_fault,
             cold_start=cold,
             extra_files={REPORT_FILE: report},
             keep_versions=cfg.publish.keep_versions,

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
 
+from embedding import chaos
 from embedding.atomic import fsync_dir, fsync_tree, rename_durably
 from embedding.atomic import write_text_atomic as _write_atomic
 from embedding.checksum import SOURCE_PACKAGES as SOURCE_PACKAGES
@@ -376,6 +377,7 @@ def publish_version(
     fault("after_rename")
     fault("before_current")
     moved = move_current(root, version)
+    chaos.point("publish.retention")
     deleted = _retain_after_publish(root, keep_versions, version)
     return PublishResult(version, str(final), already, moved, read_current(root), deleted)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embedding import chaos
 from embedding.config import Word2VecParams
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def _epoch_logger(n_words: int, history: list[dict]):
             words_per_s = n_words / max(elapsed, 1e-9)
             history.append({"epoch": self.epoch, "loss": loss - self.last_loss,
                             "words_per_s": words_per_s})  # fmt: skip
+            chaos.point("train.epoch")
             logger.info(
                 "word2vec epoch %d/%d: %.0f words/s, loss %.1f (per-epoch difference, indicative)",
                 self.epoch,

@@ -38,6 +38,7 @@ from pyspark.sql import functions as F
 if __package__ in (None, ""):  # run as a file by spark-submit
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from embedding import chaos
 from embedding.atomic import fsync_dir, fsync_tree, write_text_atomic
 from embedding.checksum import source_hash, table_content_hash
 from embedding.config import Config, SessionizeConfig
@@ -711,6 +712,7 @@ def run_sessionize(
                 "overwrite"
             ).partitionBy(C.DAY).parquet(str(staging / table))
             _phase(f"wrote {table}", started)
+        chaos.point("sessionize.staged")
         code_hash = source_hash()
         for day in day_strs:
             if day in kept:
@@ -720,6 +722,7 @@ def run_sessionize(
             )
             result.conversions += stats[f"n_{CONVERSIONS}"]
             result.booking_pairs += stats[f"n_{BOOKING_PAIRS}"]
+            chaos.point("sessionize.committing")
         _phase("committed the days", started)
         shutil.rmtree(staging, ignore_errors=True)
         conversions.unpersist()
