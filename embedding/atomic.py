@@ -52,6 +52,17 @@ def rename_durably(src: Path, dest: Path) -> None:
         fsync_dir(Path(src).parent)
 
 
+def remove_temp_files(folder: Path) -> list[str]:
+    """Remove the ``.<name>.<nonce>.tmp`` files a killed writer left in ``folder`` (call it
+    only where no other writer can be at work: see ``embedding.lock.held_here``)."""
+    removed = []
+    for path in sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` to fill a temporary file, then rename it to ``path`` durably."""
     tmp = temp_path(path)

@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedding import chaos, publish
-from embedding.atomic import write_text_atomic
+from embedding.atomic import remove_temp_files, write_text_atomic
 from embedding.config import Config
 from embedding.errors import InputError, QualityGateError
+from embedding.lock import held_here
 from embedding.publish import FaultHook
 from embedding.train_w2v import ItemVectors
 from embedding.vectors_io import VECTORS_FILE, read_vectors, write_vectors
@@ -168,6 +169,8 @@ def plan_run(cfg: Config, paths: Paths, interval_start: date, interval_end: date
         input_hashes=hashes,
     )
     Path(plan.run_dir).mkdir(parents=True, exist_ok=True)
+    if held_here(work):  # nobody else writes here: temp files are a killed writer's
+        remove_temp_files(Path(plan.run_dir))
     logger.info(
         "plan: version %s over %s..%s (%d days with sessions)%s",
         version,

@@ -46,6 +46,7 @@ from embedding.checksum import SOURCE_PACKAGES as SOURCE_PACKAGES
 from embedding.checksum import expected_sha256, file_sha256
 from embedding.checksum import source_hash as source_hash
 from embedding.errors import InputError, PublishError
+from embedding.lock import held_here
 from embedding.train_w2v import ItemVectors
 from embedding.vectors_io import VECTORS_FILE, write_vectors
 
@@ -500,6 +501,8 @@ def remove_stale_staging(root: Path, older_than_s: float = STALE_STAGING_S) -> l
     scratch = root / TMP
     removed = []
     now = time.time()
+    if held_here(root):  # this process is the only writer: every staging folder is dead
+        older_than_s = 0.0
     for path in sorted(scratch.iterdir()) if scratch.is_dir() else []:
         if path.name.startswith(DELETING) or not path.is_dir():
             continue
