@@ -15,7 +15,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 
-.PHONY: help install run serve airflow test test-fast lint fmt bench bench-train bench-data bench-quality bench-serve bench-e2e clean spark-up spark-down report-png
+.PHONY: help install run serve airflow test test-fast lint fmt bench bench-train bench-data bench-quality bench-serve bench-e2e chaos clean spark-up spark-down report-png
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ bench-data: install ## Spark sessionize vs the same rules in DuckDB, 1M/3M/10M e
 
 bench-serve: install ## load test of python -m serving over 1M published vectors (recall, p99, swap under load) -> bench/results/serve.json
 	$(PY) -m bench.bench_serve
+
+chaos: install ## SIGKILL the pipeline at 15 points (CLI) and 7 (airflow dags test), rerun, compare with an undisturbed run; two concurrent runs -> bench/results/chaos.json
+	$(PY) -m bench.bench_chaos
 
 bench-e2e: install ## the whole daily DAG (airflow dags test, cold start) on 1M generated events, stage times, vs the CLI -> bench/results/e2e.json
 	$(PY) -m bench.bench_e2e

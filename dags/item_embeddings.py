@@ -55,19 +55,26 @@ def _interval() -> tuple:
 
 def _writer(cfg, release: bool = False):
     """This task's hold on the work folder and publish root (``embedding.lock``): the file
-    lock for its own life, the run's lease between its tasks; waits out another writer."""
-    from embedding.lock import default_wait_s, lease_ttl_s
-    from embedding.pipeline import resolve_paths, writer_lock
+    lock for its own life, the run's lease between its tasks; waits out another writer. A
+    failure with no retry left releases the lease (the run stops there)."""
+    from airflow.exceptions import AirflowFailException
+
+    from embedding.lock import default_wait_s, lease_ttl_s, run_task
+    from embedding.pipeline import resolve_paths
 
     context = get_current_context()
     start, end = _interval()
-    return writer_lock(
-        resolve_paths(cfg),
-        f"DAG item_embeddings, task {context['ti'].task_id}",
+    paths = resolve_paths(cfg)
+    ti = context["ti"]
+    return run_task(
+        [paths.work_dir, paths.publish_root],
+        f"DAG item_embeddings, task {ti.task_id}",
         run=context["run_id"],
         scope=f"item_embeddings {start}..{end}",
+        final_try=ti.try_number > context["task"].retries,
         release=release,
         wait_s=default_wait_s(lease_ttl_s() + 300),
+        no_retry=(AirflowFailException,),
     )
 
 
@@ -118,10 +125,7 @@ def item_embeddings():
             verdict = check_interval(
                 cfg.completeness, Path(resolve_paths(cfg).work_dir), start, end
             )
-        if verdict.failed:  # the run stops here: its lease goes with it
-            with _writer(cfg, release=True):
-                pass
-        verdict.raise_for_failure()
+            verdict.raise_for_failure()
         return verdict.to_dict()
 
     @task
@@ -160,17 +164,11 @@ def item_embeddings():
 
     @task(retries=0)
     def gate(run: dict, evaluation: dict, ingest: dict) -> dict:
-        from embedding.errors import QualityGateError
         from embedding.pipeline import RunPlan, gate_stage
 
         cfg = _config()
-        try:
-            with _writer(cfg):
-                gate_stage(cfg, RunPlan.from_dict(run), evaluation, {"ingest": ingest})
-        except QualityGateError:  # the run ends here: its lease goes with it
-            with _writer(cfg, release=True):
-                pass
-            raise
+        with _writer(cfg):  # retries=0: a failed gate ends the run and releases its lease
+            gate_stage(cfg, RunPlan.from_dict(run), evaluation, {"ingest": ingest})
         return evaluation
 
     @task(outlets=[PUBLISHED])

@@ -238,6 +238,29 @@ def exclusive(
         yield
 
 
+@contextmanager
+def run_task(
+    roots: Sequence[Path | str],
+    command: str,
+    run: str,
+    scope: str,
+    final_try: bool,
+    release: bool = False,
+    wait_s: float | None = None,
+    no_retry: tuple[type[BaseException], ...] = (),
+) -> Iterator[None]:
+    """``exclusive`` for one task of a DAG run. A failure on the task's ``final_try``, or one
+    of the ``no_retry`` kinds (no retry will come: the run stops here), releases the run's
+    lease, so the next run does not wait for it to expire."""
+    try:
+        with exclusive(roots, command, run, scope, release, wait_s):
+            yield
+    except BaseException as exc:
+        if final_try or isinstance(exc, no_retry):
+            release_lease(sorted({Path(r).resolve() for r in roots}), run)
+        raise
+
+
 def held_here(root: Path | str) -> bool:
     """True when this process holds ``root`` (inside ``exclusive``): nobody else writes there,
     so whatever scratch it finds was left by a writer that died."""
