@@ -6,13 +6,13 @@ and an index over them. Nothing is trusted blindly: the Parquet file must match 
 ``manifest.json``, every vector must have the manifest's ``dim`` and unit L2 norm, and ids must
 be unique; otherwise ``VersionLoadError`` says what is wrong and where.
 
-The HNSW index comes prebuilt with the version when the publisher stored one
-(``embedding.ann_index``: ``ann_index.hnsw`` + ``ann_index.json``, checked against the
+The HNSW index (FAISS) comes prebuilt with the version when the publisher stored one
+(``embedding.ann_index``: ``ann_index.faiss`` + ``ann_index.json``, checked against the
 manifest's sha256 and against the vectors); a version without one gets an index built at load
-time, which takes minutes for a million items. A stored index that fails a check refuses the
-whole version: the caller keeps serving the old one. ``LoadedVersion.index_source`` says which
-happened ("prebuilt", "built" or "exact": fewer than ``EXACT_SEARCH_MAX_ITEMS`` items are
-searched exactly with numpy, an HNSW graph buys nothing at that size).
+time (a minute or two for a million items). A stored index that fails a
+check refuses the whole version: the caller keeps serving the old one.
+``LoadedVersion.index_source`` says which happened ("prebuilt", "built" or "exact": fewer than
+``EXACT_SEARCH_MAX_ITEMS`` items are searched exactly with numpy, an index buys nothing there).
 
 A query is answered in two steps: the index fetches ``max(k * candidate_factor, k + 10)``
 candidates, which are re-scored exactly (cosine = dot product of unit vectors, so scores never
@@ -32,8 +32,7 @@ import json
 import logging
 import re
 import time
-from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -45,14 +44,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedding.ann_index import EXACT_SEARCH_MAX_ITEMS as EXACT_SEARCH_MAX_ITEMS
-from embedding.ann_index import HNSW_RANDOM_SEED as HNSW_RANDOM_SEED
 from embedding.ann_index import INDEX_FILE, INDEX_META_FILE, AnnIndexError, build_index, load_index
-from embedding.ann_index import SINGLE_THREAD_MAX_ITEMS as SINGLE_THREAD_MAX_ITEMS
 from embedding.checksum import expected_sha256, file_sha256
 from embedding.config import ServingConfig
 from embedding.errors import EmbeddingError
 from embedding.publish import CURRENT, MANIFEST, VERSIONS
 from embedding.vectors_io import VECTORS_FILE
+from serving.columns import IdColumn, IdIndex, MarketColumn
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +90,8 @@ class LoadedVersion:
     """One verified version held in memory; never mutated after ``load_version`` returns.
 
     ``vectors`` row ``i`` belongs to ``ids[i]`` and ``markets[i]``; ``row_of`` inverts ``ids``.
-    ``index`` is an hnswlib index whose labels are row numbers, or None for exact search;
+    ``index`` is a ``faiss.IndexHNSWFlat`` whose labels are row numbers, or None for exact
+    search;
     ``index_source`` says where it came from, ``index_load_s`` how long loading or building it
     took. Queries only read, so one instance serves concurrent requests.
     """
@@ -100,14 +99,14 @@ class LoadedVersion:
     version: str
     path: Path
     manifest: Mapping[str, Any] = field(repr=False)
-    ids: tuple[str, ...] = field(repr=False)
-    row_of: Mapping[str, int] = field(repr=False)
+    ids: Sequence[str] = field(repr=False)  # serving.columns.IdColumn as loaded
+    row_of: Mapping[str, int] = field(repr=False)  # serving.columns.IdIndex as loaded
     vectors: np.ndarray = field(repr=False)  # (n_items, dim) float32, read-only, unit rows
-    markets: tuple[str | None, ...] = field(repr=False)
+    markets: Sequence[str | None] = field(repr=False)  # serving.columns.MarketColumn
     # (n_items,) bool, read-only: the publisher inferred the row's vector for a cold-start
     # item; None when the version's Parquet has no is_cold_start column
     is_cold_start: np.ndarray | None = field(default=None, repr=False)
-    index: Any = field(default=None, repr=False)  # hnswlib.Index | None
+    index: Any = field(default=None, repr=False)  # faiss.IndexHNSWFlat | None
     index_source: IndexSource = "exact"
     index_load_s: float = 0.0
     candidate_factor: int = 4  # ServingConfig.candidate_factor
@@ -115,6 +114,11 @@ class LoadedVersion:
     _market_rows: Mapping[str | None, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.markets, MarketColumn):  # as loaded: codes already there
+            codes, rows = self.markets.rows_by_market()
+            object.__setattr__(self, "_market_codes", codes)
+            object.__setattr__(self, "_market_rows", MappingProxyType(rows))
+            return
         code_of: dict[str | None, int] = {}
         codes = np.fromiter(
             (code_of.setdefault(m, len(code_of)) for m in self.markets),
@@ -250,15 +254,9 @@ class LoadedVersion:
             n_fetch = min(2 * n_fetch, self.n_items)
 
     def _ann_candidates(self, query: np.ndarray, n_fetch: int) -> np.ndarray:
-        try:
-            labels, _ = self.index.knn_query(query, k=n_fetch, num_threads=1)
-            return labels[0].astype(np.int64)
-        except RuntimeError as exc:  # hnswlib found fewer than n_fetch: ef or M too small
-            logger.warning(
-                "version %s: ANN query failed (%s); searching exactly", self.version, exc
-            )
-        scores = self.vectors @ query  # (n_items,)
-        return np.argpartition(-scores, n_fetch - 1)[:n_fetch]
+        # FAISS searches with the GIL released; -1 pads when it found fewer than n_fetch
+        _, labels = self.index.search(query.reshape(1, -1), n_fetch)  # (1, n_fetch)
+        return labels[0][labels[0] >= 0]
 
     def _exact(
         self, query: np.ndarray, k: int, pool: np.ndarray | None, drop_rows: np.ndarray
@@ -361,7 +359,7 @@ def load_version(
 ) -> LoadedVersion:
     """Read, verify and index one published version (``CURRENT``'s when ``version`` is None).
 
-    ``cfg`` gives the HNSW parameters (defaults when None).
+    ``cfg`` gives the index parameters (defaults when None).
 
     Raises:
         NoCurrentVersionError: ``version`` is None and nothing has been published yet.
@@ -402,10 +400,10 @@ def load_version(
         version=version,
         path=version_dir,
         manifest=MappingProxyType(manifest),
-        ids=tuple(ids),
-        row_of=MappingProxyType(row_of),
+        ids=ids,
+        row_of=row_of,
         vectors=vectors,
-        markets=tuple(markets),
+        markets=markets,
         is_cold_start=cold_start,
         index=index,
         index_source=index_source,
@@ -422,11 +420,6 @@ def load_version(
         time.perf_counter() - started,
     )
     return loaded
-
-
-def build_hnsw_index(vectors: np.ndarray, cfg: ServingConfig) -> Any:
-    """An inner-product HNSW index over unit rows; labels = rows (``ann_index.build_index``)."""
-    return build_index(vectors, cfg)
 
 
 def _open_index(
@@ -456,8 +449,8 @@ def _open_index(
     files = manifest["files"]  # a Mapping: _verify_checksums checked it
     unlisted = [path.name for path in stored if path.name not in files]
     if unlisted:
-        # hnswlib trusts the neighbour ids inside the file: an index nobody vouched for is
-        # never loaded (a crafted one could crash the process), it is rebuilt from the vectors
+        # an index nobody vouched for is never loaded (a crafted one could answer other
+        # rows than the vectors say): it is rebuilt from the verified vectors
         logger.warning(
             "version %s: %s not listed with a checksum under 'files' in %s; not loaded, "
             "building the index from the verified vectors instead",
@@ -555,7 +548,7 @@ def _is_data_part(path: Path) -> bool:
 
 def _read_vectors(
     vectors_path: Path, dim: int
-) -> tuple[list[str], np.ndarray, list[str | None], np.ndarray | None]:
+) -> tuple[IdColumn, np.ndarray, MarketColumn, np.ndarray | None]:
     """(ids, vectors (n, dim) float32, markets, is_cold_start (n,) bool or None) from Parquet."""
     try:
         table = pq.read_table(vectors_path)
@@ -578,11 +571,13 @@ def _read_vectors(
         raise VersionLoadError(f"{vectors_path}: {item_ids.null_count} rows have a null item_id")
     vectors = _vectors_to_numpy(table.column("vector").combine_chunks(), dim, vectors_path)
 
-    if "market" in table.column_names:
-        markets = [None if m is None else str(m) for m in table.column("market").to_pylist()]
-    else:
-        markets = [None] * table.num_rows
-    return item_ids.to_pylist(), vectors, markets, _cold_start_flags(table, vectors_path)
+    market = table.column("market") if "market" in table.column_names else None
+    try:
+        ids = IdColumn.from_arrow(item_ids)
+        markets = MarketColumn.from_arrow(market, table.num_rows)
+    except (ValueError, pa.ArrowException) as exc:
+        raise VersionLoadError(f"{vectors_path}: {exc}") from exc
+    return ids, vectors, markets, _cold_start_flags(table, vectors_path)
 
 
 def _cold_start_flags(table: pa.Table, vectors_path: Path) -> np.ndarray | None:
@@ -619,15 +614,11 @@ def _vectors_to_numpy(column: pa.Array, dim: int, vectors_path: Path) -> np.ndar
     return flat.reshape(len(column), dim)  # (n_items, dim)
 
 
-def _index_ids(ids: list[str], vectors_path: Path) -> dict[str, int]:
-    row_of = {item_id: row for row, item_id in enumerate(ids)}
-    if len(row_of) != len(ids):
-        duplicated = sorted(item_id for item_id, n in Counter(ids).items() if n > 1)
-        raise VersionLoadError(
-            f"{vectors_path}: {len(ids) - len(row_of)} duplicate item_id rows "
-            f"(e.g. {duplicated[:5]}); each item must appear once"
-        )
-    return row_of
+def _index_ids(ids: IdColumn, vectors_path: Path) -> IdIndex:
+    try:
+        return ids.index()
+    except ValueError as exc:  # duplicated ids, named
+        raise VersionLoadError(f"{vectors_path}: {exc}; each item must appear once") from exc
 
 
 def _check_unit_norm(vectors: np.ndarray, ids: list[str], vectors_path: Path) -> None:

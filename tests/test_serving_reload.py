@@ -32,6 +32,7 @@ import serving.app
 from embedding.checksum import file_sha256
 from embedding.config import ServingConfig
 from serving.app import create_app
+from serving.model import load_version
 from serving.probe import free_port
 
 DIM = 16
@@ -179,6 +180,58 @@ def test_no_request_fails_while_versions_swap(tmp_path: Path) -> None:
     assert statuses and set(statuses) == {200}
     switch = versions.index(V2)
     assert switch > 0 and set(versions[:switch]) == {V1} and set(versions[switch:]) == {V2}
+
+
+def test_every_answer_during_swaps_is_wholly_the_old_or_the_new_versions(tmp_path: Path) -> None:
+    """Four swaps (CURRENT moving V1 -> V2 -> V3 -> V1 -> V2) under four concurrent clients:
+    each answer names one version and holds exactly that version's neighbours; none fails."""
+    write_version(tmp_path, V1, n_items=1500, seed=0)
+    write_version(tmp_path, V2, n_items=1500, make_current=False, seed=1)
+    write_version(tmp_path, V3, n_items=1500, make_current=False, seed=2)
+    items = [f"item_{i:05d}" for i in range(0, 1500, 150)]
+    expected = {}  # (version, item) -> its answer, from that version loaded on its own
+    for version in (V1, V2, V3):
+        loaded = load_version(tmp_path, version, CFG)
+        for item in items:
+            expected[version, item] = [n.item_id for n in loaded.similar(item, 5)]
+    app = create_app(tmp_path, CFG)
+    answers: list[tuple[int, str | None, str, list[str]]] = []
+    stop = threading.Event()
+
+    def hammer(base_url: str, offset: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            turn = offset
+            while not stop.is_set():
+                item = items[turn % len(items)]
+                turn += 1
+                response = http.get(f"/items/{item}/similar", params={"k": 5})
+                body = response.json() if response.status_code == 200 else {}
+                ids = [n["item_id"] for n in body.get("neighbors", [])]
+                answers.append((response.status_code, body.get("version"), item, ids))
+
+    with serve(app) as client:
+        workers = [
+            threading.Thread(target=hammer, args=(str(client.base_url), i)) for i in range(4)
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            for version in (V2, V3, V1, V2):
+                time.sleep(0.3)
+                set_current(tmp_path, version)
+                wait_for_version(client, version)
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join(timeout=15)
+
+    assert len(answers) > 100
+    assert {status for status, *_ in answers} == {200}
+    served = {version for _, version, _, _ in answers}
+    assert served == {V1, V2, V3}
+    mixed = [(v, item, ids) for _, v, item, ids in answers if ids != expected[v, item]]
+    assert not mixed, mixed[:3]
 
 
 def break_version(version_dir: Path, breakage: str) -> str:
