@@ -558,6 +558,9 @@ def service_recall(base_url: str, x: np.ndarray, rows: np.ndarray) -> float:
 def raw_index_latency(
     folder: Path, x: np.ndarray, rows: np.ndarray, cfg: ServingConfig
 ) -> dict[str, Any]:
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # as the service runs it (serving.app.single_threaded_search)
     index = load_index(folder, len(x), x.shape[1], cfg)
     n_fetch = max(K * cfg.candidate_factor, K + MIN_EXTRA_CANDIDATES)  # as the service fetches
     lat_ms = np.empty(len(rows))

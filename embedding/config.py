@@ -233,7 +233,7 @@ class ServingConfig(_Frozen):
     port: int = Field(8000, ge=1, le=65535)
     hnsw_m: int = Field(16, ge=2)
     hnsw_ef_construction: int = Field(64, ge=1)
-    hnsw_ef_search: int = Field(128, ge=1)
+    hnsw_ef_search: int = Field(256, ge=1)
     max_k: int = Field(100, ge=1, le=100)  # le: serving.requests.MAX_K_LIMIT (the cost cap)
     # ANN candidates fetched per answer: max(k * this, k + 10), then re-scored exactly
     candidate_factor: int = Field(4, ge=1)
