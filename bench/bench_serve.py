@@ -115,6 +115,7 @@ P99_LIMIT_MS = 10.0
 STEP_WARMUP_S = 2.0
 HEALTH_TIMEOUT_S = 600.0  # a million-item version takes a while to verify and load
 SWAP_TIMEOUT_S = 180.0
+DRAIN_S = 20.0  # quiet seconds between the rate steps and the swaps
 SWAP_TAIL_S = 2.0  # load kept running after the new version is first seen
 REQUEST_TIMEOUT_S = 10.0
 _CONTENT_LENGTH = re.compile(rb"(?i)content-length: *(\d+)")
@@ -855,6 +856,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs += steps
         passing = [s["rate"] for s in steps if s["p99_ms"] < P99_LIMIT_MS and not s["errors"]]
 
+        # the last step may have overloaded the service: let its queue drain first, or the
+        # swaps would measure that backlog (a 750 req/s step left 10 s timeouts behind)
+        time.sleep(DRAIN_S)
         swap1 = swap_under_load(
             root, staged, service, x2, labels2, version2, args.rate, args.warmup, 99
         )
