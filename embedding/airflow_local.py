@@ -345,17 +345,18 @@ class LocalAirflow:
         (seconds of CPU). Raises with the import errors if the DAG does not show up.
         """
         deadline = time.monotonic() + timeout_s
+        last = None
         while time.monotonic() < deadline:
             self.check_alive()
             try:
                 return self.api("GET", f"/api/v2/dags/{dag_id}")
-            except AirflowComponentError as exc:
-                if "HTTP 404" not in str(exc):
-                    raise
+            except AirflowComponentError as exc:  # 404 until parsed; a 5xx while it is written
+                last = exc
             time.sleep(1)
         errors = self.api("GET", "/api/v2/importErrors").get("import_errors", [])
         raise AirflowComponentError(
-            f"DAG {dag_id} not parsed after {timeout_s:.0f} s; import errors: {errors}; the last "
+            f"DAG {dag_id} not parsed after {timeout_s:.0f} s (last answer: {last}); import "
+            f"errors: {errors}; the last "
             f"lines of {self.log_path('dag-processor')}:\n"
             f"{log_tail(self.log_path('dag-processor'))}"
         )
