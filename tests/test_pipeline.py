@@ -15,7 +15,6 @@ import pytest
 
 from embedding import publish
 from embedding.checksum import file_sha256
-from embedding.errors import PublishError
 from embedding.pipeline import run_pipeline
 from embedding.train_w2v import ItemVectors, normalize_rows
 from embedding.vectors_io import VECTORS_FILE, read_vectors
@@ -43,7 +42,7 @@ def test_run_publishes_a_complete_version(generated_run: dict) -> None:
     assert (
         manifest["n_items"] == pq.read_metadata(root / "versions" / version / VECTORS_FILE).num_rows
     )
-    assert set(manifest["files"]) == {VECTORS_FILE, "report.html", "ann_index.hnsw",
+    assert set(manifest["files"]) == {VECTORS_FILE, "report.html", "ann_index.faiss",
                                       "ann_index.json"}  # fmt: skip
     from serving.model import load_version
 
@@ -228,8 +227,10 @@ def test_a_corrupted_version_is_not_taken_as_published(tmp_path: Path) -> None:
     target = tmp_path / "versions" / "20260105-aaaaaaaa" / VECTORS_FILE
     target.write_bytes(target.read_bytes() + b"x")
     assert not publish.is_published(tmp_path, "20260105-aaaaaaaa")
-    with pytest.raises(PublishError, match="not a complete version"):
-        publish.publish_version(tmp_path, "20260105-aaaaaaaa", _vectors(), {}, {})
+    # a rerun of the same version (same inputs) replaces the damaged folder (issue 16, item 2)
+    result = publish.publish_version(tmp_path, "20260105-aaaaaaaa", _vectors(), {}, {})
+    assert not result.already_published
+    assert publish.is_published(tmp_path, "20260105-aaaaaaaa")
 
 
 def test_manifest_records_parameters_and_interval(generated_run: dict) -> None:
