@@ -26,7 +26,7 @@ from embedding.airflow_local import LocalAirflow, free_port
 
 DAG_ID = "item_embeddings"
 DAYS = [date(2026, 1, 1), date(2026, 1, 2), date(2026, 1, 3)]
-DATA_FILES = ("item_vectors.parquet", "ann_index.hnsw")  # the manifest's other files hold timings
+DATA_FILES = ("item_vectors.parquet", "ann_index.faiss")  # the manifest's other files hold timings
 
 
 def root_state(root: Path) -> dict:

@@ -123,7 +123,7 @@ def published_data(root: Path) -> dict[str, str]:
     version = publish.read_current(root)
     files = publish.verify_version(root / "versions" / version)["files"]
     return {
-        name: files[name] for name in ("item_vectors.parquet", "ann_index.hnsw") if name in files
+        name: files[name] for name in ("item_vectors.parquet", "ann_index.faiss") if name in files
     }
 
 
