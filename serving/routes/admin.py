@@ -7,7 +7,7 @@ only requests with ``Authorization: Bearer <token>``; otherwise only direct loop
 (127.0.0.1, ::1) whose request carries no ``Forwarded``, ``X-Forwarded-For`` or ``X-Real-IP``
 header: behind a reverse proxy on the same host every client looks like loopback, and a proxy
 adds one of those. ``python -m serving`` refuses to bind a non-loopback address without a
-token. The load is the poller's (``serving.app.Reloader``): one at a time, in a
+token. The load is the poller's (``serving.reload.Reloader``): one at a time, in a
 worker thread, the old version serving until the new one is complete. A version that fails its
 checks answers 409 with the reason and the version still served.
 """
