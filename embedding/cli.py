@@ -236,18 +236,12 @@ def _gate_summary(gate: dict) -> str:
 
 def cmd_versions(args: argparse.Namespace) -> int:
     from embedding.pipeline import LAST_PUBLISH, resolve_paths
-    from embedding.publish import (
-        MANIFEST,
-        REJECTED,
-        VERSIONS,
-        read_current,
-        read_pin,
-        version_names,
-    )
+    from embedding.publish import REJECTED, read_pin, version_names
+    from embedding.vectors.versions import MANIFEST, VERSIONS, current_or_none
 
     cfg = _load(args)
     root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
-    current = read_current(root)
+    current = current_or_none(root)
     try:
         pin = read_pin(root)
     except PublishError as exc:  # list anyway; say why the pin cannot be read
@@ -332,11 +326,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def _chosen_version(args: argparse.Namespace) -> tuple[Config, str, Path]:
     """The config, the version (``--version`` or CURRENT) and its folder under the publish root."""
-    from embedding.publish import VERSIONS, is_folder_name, read_current
+    from embedding.vectors.versions import VERSIONS, current_or_none, is_folder_name
 
     cfg = _load(args)
     root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
-    version = args.version or read_current(root)
+    version = args.version or current_or_none(root)
     if version is None:
         raise InputError(f"{root}: no CURRENT version; publish one first or pass --version")
     if not is_folder_name(version):  # never let an id reach the file system as a path
@@ -347,7 +341,7 @@ def _chosen_version(args: argparse.Namespace) -> tuple[Config, str, Path]:
 def cmd_neighbors(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from embedding.publish import verify_version
+    from embedding.vectors.versions import verify_version
     from embedding.vectors_io import VECTORS_FILE, read_vectors
 
     _, version, folder = _chosen_version(args)
@@ -416,7 +410,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from embedding.pipeline import version_report
-    from embedding.publish import MANIFEST, REJECTED, verify_version
+    from embedding.publish import REJECTED
+    from embedding.vectors.versions import MANIFEST, verify_version
     from embedding.vectors_io import VECTORS_FILE, read_vectors
 
     cfg, version, folder = _chosen_version(args)

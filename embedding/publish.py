@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import shutil
 import time
 import uuid
@@ -43,11 +42,23 @@ from embedding import chaos
 from embedding.atomic import fsync_dir, fsync_tree, rename_durably
 from embedding.atomic import write_text_atomic as _write_atomic
 from embedding.checksum import SOURCE_PACKAGES as SOURCE_PACKAGES
-from embedding.checksum import expected_sha256, file_sha256
+from embedding.checksum import file_sha256
 from embedding.checksum import source_hash as source_hash
 from embedding.errors import InputError, PublishError
 from embedding.lock import held_here
 from embedding.train_w2v import ItemVectors
+from embedding.vectors.versions import (
+    CURRENT,
+    MANIFEST,
+    VERSION_ID,
+    VERSIONS,
+    VersionError,
+    current_or_none,
+    is_listed_kind,
+    verify_version,
+    version_day,
+    version_names,
+)
 from embedding.vectors_io import VECTORS_FILE, write_vectors
 
 FaultHook = Callable[[str], None]
@@ -55,18 +66,11 @@ FaultHook = Callable[[str], None]
 logger = logging.getLogger(__name__)
 
 CONTRACT_VERSION = 1
-MANIFEST = "manifest.json"
-CURRENT = "CURRENT"
-VERSIONS = "versions"
 REJECTED = "rejected"
 TMP = ".tmp"
 STALE_STAGING_S = 3600.0  # a staging folder untouched this long belongs to a crashed publish
 PINNED = "PINNED"
 DELETING = ".deleting-"
-# what version_id produces; ids from a user (CLI, request) must match it in full
-VERSION_ID = re.compile(r"[0-9]{8}-[0-9a-f]{8}")
-# what may be listed as a version folder: a plain name, never hidden or a path
-_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 STEPS = ("data_written", "manifest_written", "before_rename", "after_rename", "before_current")
 
 
@@ -78,10 +82,6 @@ def version_id(last_day: date, config_hash: str, code_hash: str, input_hashes: l
     return f"{last_day:%Y%m%d}-{digest.hexdigest()[:8]}"
 
 
-def version_day(version: str) -> str:
-    return version.split("-", 1)[0]
-
-
 def check_version_id(version: str) -> str:
     """``version`` if it is a version id (``<YYYYMMDD>-<8 hex>``), else InputError: an id
     from a user never reaches the file system as a path (``../x``, ``a/b``)."""
@@ -90,29 +90,6 @@ def check_version_id(version: str) -> str:
             f"{version!r} is not a version id (expected <YYYYMMDD>-<8 hex>, e.g. 20260108-1a2b3c4d)"
         )
     return version
-
-
-def is_folder_name(name: str) -> bool:
-    """A plain, visible folder name (no separator, not ``.``/``..``, not hidden)."""
-    return bool(_FOLDER_NAME.fullmatch(name))
-
-
-def version_names(root: Path, kind: str = VERSIONS) -> list[str]:
-    """Names of the folders under ``<root>/<kind>`` that may be versions, oldest first (by
-    day, then name); hidden and temporary folders are never listed."""
-    folder = root / kind
-    if not folder.is_dir():
-        return []
-    names = [p.name for p in folder.iterdir() if p.is_dir() and is_folder_name(p.name)]
-    return sorted(names, key=lambda name: (version_day(name), name))
-
-
-def read_current(root: Path) -> str | None:
-    path = root / CURRENT
-    if not path.is_file():
-        return None
-    text = path.read_text().strip()
-    return text or None
 
 
 def previous_version(root: Path, before_day: str) -> str | None:
@@ -135,92 +112,16 @@ def previous_version(root: Path, before_day: str) -> str | None:
     if not days:
         return None
     latest = max(days.values())
-    current = read_current(root)
+    current = current_or_none(root)
     if current in days and days[current] == latest:
         return current
     return max(name for name, day in days.items() if day == latest)
 
 
-def member_path(version_dir: Path, name: object) -> Path:
-    """``version_dir / name`` for a file name read from a manifest, which must stay inside the
-    version folder: no absolute path, no '..', no link leading out."""
-    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
-        raise PublishError(f"{version_dir / MANIFEST}: {name!r} is not a file name")
-    relative = PurePosixPath(name)
-    if relative.is_absolute() or ".." in relative.parts:
-        raise PublishError(
-            f"{version_dir / MANIFEST}: {name!r} lies outside the version folder; refused"
-        )
-    path = version_dir / relative
-    if not path.resolve().is_relative_to(version_dir.resolve()):
-        raise PublishError(f"{version_dir / MANIFEST}: {name!r} leads out of the version folder")
-    return path
-
-
-def _is_listed_kind(relative: PurePosixPath) -> bool:
-    """Files a manifest must list: all but the manifest and hidden or marker files
-    (``.x.tmp`` of a writer, Spark's ``_SUCCESS``)."""
-    return relative.as_posix() != MANIFEST and not any(
-        part.startswith((".", "_")) for part in relative.parts
-    )
-
-
-def read_manifest(version_dir: Path) -> dict:
-    """A version's manifest as a dict, or PublishError naming the version and what to do: a
-    missing, empty or unparsable file (e.g. a power cut before it reached the disk), or one
-    whose ``files`` does not list the vectors with a checksum each."""
-    path = version_dir / MANIFEST
-    redo = (
-        f"version {version_dir.name} is incomplete or damaged: rerun the run that produced "
-        "it (the publish replaces the folder) or roll back to another version"
-    )
-    if not path.is_file():
-        raise PublishError(f"{path}: missing; {redo}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise PublishError(f"{path}: unreadable ({exc}); {redo}") from exc
-    if not isinstance(manifest, dict):
-        raise PublishError(f"{path}: not a JSON object; {redo}")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or VECTORS_FILE not in files:
-        raise PublishError(f"{path}: 'files' does not list {VECTORS_FILE}; {redo}")
-    for name, entry in files.items():
-        if expected_sha256(entry) is None:
-            raise PublishError(f"{path}: 'files' holds no sha256 for {name!r}; {redo}")
-    return manifest
-
-
-def verify_version(version_dir: Path) -> dict:
-    """Load a version's manifest and check it: every file of the folder is listed, and every
-    listed file exists with its checksum (``<hex>``, ``sha256:<hex>`` or ``{"sha256": ...}``).
-    Raises PublishError naming the version and the file."""
-    manifest = read_manifest(version_dir)
-    files = manifest["files"]
-    for name, entry in files.items():
-        path = member_path(version_dir, name)
-        if not path.is_file() or file_sha256(path) != expected_sha256(entry):
-            raise PublishError(
-                f"{path}: missing or checksum differs from {MANIFEST}; version "
-                f"{version_dir.name} is damaged: rerun its run or roll back to another version"
-            )
-    present = {
-        path.relative_to(version_dir).as_posix()
-        for path in version_dir.rglob("*")
-        if path.is_file() and _is_listed_kind(PurePosixPath(path.relative_to(version_dir)))
-    }
-    if unlisted := sorted(present - set(files)):
-        raise PublishError(
-            f"{version_dir / MANIFEST}: does not list {', '.join(unlisted)}; every file of a "
-            "version is listed with its checksum"
-        )
-    return manifest
-
-
 def is_published(root: Path, version: str) -> bool:
     try:
         verify_version(root / VERSIONS / version)
-    except PublishError:
+    except VersionError:
         return False
     return True
 
@@ -256,7 +157,7 @@ def _pin_holds(pin: dict | None, version: str) -> bool:
 def move_current(root: Path, version: str) -> bool:
     """Point CURRENT at ``version`` unless that would move it back to an older day, or a
     rollback pin holds (see ``rollback``); a move past the pin removes it."""
-    current = read_current(root)
+    current = current_or_none(root)
     pin = read_pin(root)
     if _pin_holds(pin, version):
         logger.info(
@@ -314,7 +215,7 @@ def _write_version_dir(
     files = {
         p.relative_to(target).as_posix(): file_sha256(p)
         for p in sorted(target.rglob("*"))
-        if p.is_file() and _is_listed_kind(PurePosixPath(p.relative_to(target)))
+        if p.is_file() and is_listed_kind(PurePosixPath(p.relative_to(target)))
     }
     full = {
         "contract_version": CONTRACT_VERSION,
@@ -380,7 +281,7 @@ def publish_version(
     moved = move_current(root, version)
     chaos.point("publish.retention")
     deleted = _retain_after_publish(root, keep_versions, version)
-    return PublishResult(version, str(final), already, moved, read_current(root), deleted)
+    return PublishResult(version, str(final), already, moved, current_or_none(root), deleted)
 
 
 def finish_publish(root: Path, version: str, keep_versions: int | None = None) -> PublishResult:
@@ -390,7 +291,7 @@ def finish_publish(root: Path, version: str, keep_versions: int | None = None) -
     moved = move_current(root, version)
     deleted = _retain_after_publish(root, keep_versions, version)
     return PublishResult(
-        version, str(root / VERSIONS / version), True, moved, read_current(root), deleted
+        version, str(root / VERSIONS / version), True, moved, current_or_none(root), deleted
     )
 
 
@@ -434,7 +335,7 @@ def rollback(root: Path, version: str) -> RollbackResult:
         verify_version(folder)
     except PublishError as exc:
         raise PublishError(f"cannot roll back to {version}: {exc}") from exc
-    previous = read_current(root)
+    previous = current_or_none(root)
     newest = [version, *version_names(root)]
     if previous is not None and VERSION_ID.fullmatch(previous):
         newest.append(previous)
@@ -528,7 +429,7 @@ def apply_version_retention(root: Path, keep: int, protect: Iterable[str] = ()) 
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     _remove_stale_deletions(root)
-    current = read_current(root)
+    current = current_or_none(root)
     pin = read_pin(root)  # an unreadable pin: delete nothing rather than guess
     kept = set(protect)
     if current is not None:

@@ -28,9 +28,7 @@ whenever ``k`` items pass the filters.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,38 +43,34 @@ import pyarrow.parquet as pq
 
 from embedding.ann_index import EXACT_SEARCH_MAX_ITEMS as EXACT_SEARCH_MAX_ITEMS
 from embedding.ann_index import INDEX_FILE, INDEX_META_FILE, AnnIndexError, build_index, load_index
-from embedding.checksum import expected_sha256, file_sha256
 from embedding.config import ServingConfig
-from embedding.errors import EmbeddingError
-from embedding.publish import CURRENT, MANIFEST, VERSIONS
+from embedding.vectors.versions import (
+    MANIFEST,
+    VERSIONS,
+    VersionError,
+    verify_version,
+    version_folder,
+    version_names,
+)
+from embedding.vectors.versions import NoCurrentVersionError as NoCurrentVersionError
+from embedding.vectors.versions import read_current as read_current
 from embedding.vectors_io import VECTORS_FILE
 from serving.columns import IdColumn, IdIndex, MarketColumn
 
 logger = logging.getLogger(__name__)
 
-# the published layout's names come from the publisher (CONTRACTS §2)
-CURRENT_FILE = CURRENT
-VERSIONS_DIR = VERSIONS
-MANIFEST_FILE = MANIFEST
 
 NORM_TOLERANCE = 1e-3  # |‖v‖ - 1| above this means the publisher did not normalise
 MIN_EXTRA_CANDIDATES = 10  # the ANN fetch is at least k + this
 MAX_ANN_FETCH = 4096  # filters still short after this many candidates: search them exactly
-_VERSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name, never a path
 
 IndexSource = Literal["prebuilt", "built", "exact"]
 _NO_ROWS = np.empty(0, dtype=np.int64)
 _NO_ROWS.setflags(write=False)
 
 
-class VersionLoadError(EmbeddingError):
-    """A published version is missing, incomplete or fails a consistency check."""
-
-    exit_code = 1
-
-
-class NoCurrentVersionError(VersionLoadError):
-    """The publish root has no ``CURRENT`` yet: nothing has passed the quality gate."""
+# the one verdict on a published version (embedding.vectors.versions), under its serving name
+VersionLoadError = VersionError
 
 
 class Neighbor(NamedTuple):
@@ -305,30 +299,6 @@ def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a if not len(b) else (b if not len(a) else np.union1d(a, b))
 
 
-def read_current(publish_root: Path) -> str:
-    """The version id named by ``<publish_root>/CURRENT``.
-
-    Raises:
-        NoCurrentVersionError: the file does not exist yet.
-        VersionLoadError: the publish root is missing or CURRENT holds no valid version id.
-    """
-    if not publish_root.is_dir():
-        raise VersionLoadError(
-            f"publish root {publish_root} does not exist; pass the folder the pipeline publishes to"
-        )
-    current = publish_root / CURRENT_FILE
-    if not current.is_file():
-        raise NoCurrentVersionError(
-            f"{current} does not exist: no version has been published to {publish_root} yet"
-        )
-    version = current.read_text().strip()
-    if not _VERSION_ID.match(version):
-        raise VersionLoadError(
-            f"{current}: {version!r} is not a version id (expected e.g. 20260108-1a2b3c4d)"
-        )
-    return version
-
-
 def load_newest_valid(
     publish_root: Path, cfg: ServingConfig | None = None, skip: Collection[str] = ()
 ) -> LoadedVersion:
@@ -339,19 +309,15 @@ def load_newest_valid(
     Raises:
         VersionLoadError: no version loads.
     """
-    folder = Path(publish_root) / VERSIONS_DIR
-    names = [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
-    candidates = sorted(
-        (n for n in names if _VERSION_ID.match(n) and n not in skip),
-        key=lambda n: (n.split("-", 1)[0], n),
-        reverse=True,
-    )
+    candidates = [
+        n for n in reversed(version_names(Path(publish_root))) if n not in skip
+    ]  # newest first
     for version in candidates:
         try:
             return load_version(publish_root, version, cfg)
         except VersionLoadError as exc:
             logger.error("version %s cannot be served either: %s", version, exc)
-    raise VersionLoadError(f"no version under {folder} loads and verifies")
+    raise VersionLoadError(f"no version under {Path(publish_root) / VERSIONS} loads and verifies")
 
 
 def load_version(
@@ -370,19 +336,10 @@ def load_version(
     publish_root = Path(publish_root)
     if version is None:
         version = read_current(publish_root)
-    elif not _VERSION_ID.match(version):
-        raise VersionLoadError(f"{version!r} is not a version id (expected e.g. 20260108-1a2b3c4d)")
-    version_dir = publish_root / VERSIONS_DIR / version
-    if not version_dir.is_dir():
-        raise VersionLoadError(
-            f"version {version} not found: {version_dir} does not exist; "
-            f"check {publish_root / CURRENT_FILE} or the version you asked for"
-        )
-
-    manifest = _read_manifest(version_dir, version)
+    version_dir = version_folder(publish_root, version)
+    manifest = verify_version(version_dir)  # every file listed and matching its sha256
     dim = _manifest_int(manifest, "dim", version_dir)
     vectors_path = version_dir / VECTORS_FILE
-    _verify_checksums(vectors_path, manifest, version_dir)
     ids, vectors, markets, cold_start = _read_vectors(vectors_path, dim)
 
     n_items = _manifest_int(manifest, "n_items", version_dir)
@@ -446,22 +403,12 @@ def _open_index(
         )
         index = build_index(vectors, cfg)
         return index, "built", time.perf_counter() - started
-    files = manifest["files"]  # a Mapping: _verify_checksums checked it
-    unlisted = [path.name for path in stored if path.name not in files]
-    if unlisted:
-        # an index nobody vouched for is never loaded (a crafted one could answer other
-        # rows than the vectors say): it is rebuilt from the verified vectors
-        logger.warning(
-            "version %s: %s not listed with a checksum under 'files' in %s; not loaded, "
-            "building the index from the verified vectors instead",
-            version_dir.name,
-            ", ".join(unlisted),
-            MANIFEST_FILE,
+    if not all(path.exists() for path in stored):  # verify_version checked what is listed
+        missing = [path.name for path in stored if not path.exists()]
+        raise VersionLoadError(
+            f"version {version_dir.name}: the ANN index is incomplete ({', '.join(missing)} "
+            "missing); republish the version"
         )
-        index = build_index(vectors, cfg)
-        return index, "built", time.perf_counter() - started
-    for path in stored:
-        _verify_file(path, files[path.name], version_dir)
     try:
         index = load_index(version_dir, n_items, dim, cfg)
     except AnnIndexError as exc:
@@ -473,77 +420,13 @@ def _open_index(
     return index, "prebuilt", time.perf_counter() - started
 
 
-def _read_manifest(version_dir: Path, version: str) -> dict[str, Any]:
-    path = version_dir / MANIFEST_FILE
-    if not path.is_file():
-        raise VersionLoadError(f"{path} does not exist: version {version} is incomplete")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VersionLoadError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise VersionLoadError(f"{path}: expected a JSON object at the top level")
-    if manifest.get("version", version) != version:
-        raise VersionLoadError(
-            f"{path}: says version {manifest['version']!r} but lives in folder {version!r}"
-        )
-    return manifest
-
-
 def _manifest_int(manifest: Mapping[str, Any], key: str, version_dir: Path) -> int:
     value = manifest.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise VersionLoadError(
-            f"{version_dir / MANIFEST_FILE}: '{key}' must be a positive integer, got {value!r}"
+            f"{version_dir / MANIFEST}: '{key}' must be a positive integer, got {value!r}"
         )
     return value
-
-
-def _verify_checksums(vectors_path: Path, manifest: Mapping[str, Any], version_dir: Path) -> None:
-    """Each file we read must match its sha256 in the manifest (a folder: each part file)."""
-    files = manifest.get("files")
-    if not isinstance(files, Mapping):
-        raise VersionLoadError(
-            f"{version_dir / MANIFEST_FILE}: no 'files' checksums; cannot verify {VECTORS_FILE}"
-        )
-    if vectors_path.is_dir():
-        parts = sorted(p for p in vectors_path.rglob("*") if p.is_file() and _is_data_part(p))
-        if not parts:
-            raise VersionLoadError(f"{vectors_path}: folder holds no Parquet part files")
-    elif vectors_path.is_file():
-        parts = [vectors_path]
-    else:
-        raise VersionLoadError(f"{vectors_path} does not exist: the version is incomplete")
-    for part in parts:
-        name = part.relative_to(version_dir).as_posix()
-        expected = expected_sha256(files.get(name))
-        if expected is None:
-            raise VersionLoadError(
-                f"{version_dir / MANIFEST_FILE}: no sha256 for {name} under 'files'"
-            )
-        _verify_file(part, expected, version_dir)
-
-
-def _verify_file(path: Path, entry: Any, version_dir: Path) -> None:
-    """``path`` exists and its sha256 is the one of its manifest ``files`` entry."""
-    expected = expected_sha256(entry)
-    if expected is None:
-        raise VersionLoadError(
-            f"{version_dir / MANIFEST_FILE}: the 'files' entry of "
-            f"{path.relative_to(version_dir).as_posix()} holds no sha256 ({entry!r})"
-        )
-    if not path.is_file():
-        raise VersionLoadError(f"{path}: listed in {MANIFEST_FILE} but missing: incomplete")
-    actual = file_sha256(path)
-    if actual != expected:
-        raise VersionLoadError(
-            f"{path}: sha256 {actual[:12]}… does not match manifest.json ({expected[:12]}…); "
-            "the file was changed or truncated after publishing: republish this version"
-        )
-
-
-def _is_data_part(path: Path) -> bool:
-    return not path.name.startswith(("_", ".")) and not path.name.endswith(".crc")
 
 
 def _read_vectors(

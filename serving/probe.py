@@ -27,7 +27,8 @@ import pyarrow.dataset as ds
 
 from embedding import PROJECT_ROOT
 from embedding.errors import EmbeddingError
-from serving.model import VECTORS_FILE, VERSIONS_DIR, read_current
+from embedding.vectors.versions import VERSIONS, read_current
+from embedding.vectors_io import VECTORS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def pick_item(
 
     Ties on ``n_events`` go to the smallest id; without an ``n_events`` column, the smallest id.
     """
-    vectors_path = publish_root / VERSIONS_DIR / version / VECTORS_FILE
+    vectors_path = publish_root / VERSIONS / version / VECTORS_FILE
     try:
         dataset = ds.dataset(vectors_path, format="parquet")
         columns = [c for c in ("item_id", "market", "n_events") if c in dataset.schema.names]

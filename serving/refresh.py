@@ -27,8 +27,14 @@ from typing import Any
 import httpx
 
 from embedding.config import ServingConfig
-from embedding.errors import EmbeddingError, PublishError
-from embedding.publish import VERSIONS, is_folder_name, read_current, verify_version
+from embedding.errors import EmbeddingError
+from embedding.vectors.versions import (
+    NoCurrentVersionError,
+    VersionError,
+    read_current,
+    verify_version,
+    version_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +54,15 @@ def service_url(cfg: ServingConfig) -> str:
 
 def check_published(root: Path) -> dict[str, Any]:
     """``{"version", "n_items", "dim"}`` of CURRENT's version, its checksums verified."""
-    version = read_current(root)
-    if version is None:
-        raise RefreshError(f"{root}/CURRENT does not exist: nothing is published to refresh")
-    if not is_folder_name(version):
-        raise RefreshError(f"{root}/CURRENT holds {version!r}, not a version id")
     try:
-        manifest = verify_version(root / VERSIONS / version)
-    except PublishError as exc:
+        version = read_current(root)
+    except NoCurrentVersionError as exc:
+        raise RefreshError(f"{exc}: nothing is published to refresh") from exc
+    except VersionError as exc:
+        raise RefreshError(str(exc)) from exc
+    try:
+        manifest = verify_version(version_folder(root, version))
+    except VersionError as exc:
         raise RefreshError(f"CURRENT names {version}, which fails its checks: {exc}") from exc
     logger.info(
         "published version %s: %s items, dim %s, checksums ok",

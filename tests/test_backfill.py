@@ -37,7 +37,7 @@ def root_state(root: Path) -> dict:
         files = publish.verify_version(root / publish.VERSIONS / name)["files"]
         versions[name] = {f: files[f] for f in DATA_FILES if f in files}
     return {
-        "current": publish.read_current(root),
+        "current": publish.current_or_none(root),
         "versions": versions,
         "rejected": publish.version_names(root, publish.REJECTED),
         "markers": day_markers(root / ".work"),

@@ -120,7 +120,7 @@ def kill_training_when_it_starts(work: Path, killed: list[int], after_s: float =
 def published_data(root: Path) -> dict[str, str]:
     """sha256 of CURRENT's data files: the vectors and the index graph (the report and the
     index metadata carry timings)."""
-    version = publish.read_current(root)
+    version = publish.current_or_none(root)
     files = publish.verify_version(root / "versions" / version)["files"]
     return {
         name: files[name] for name in ("item_vectors.parquet", "ann_index.faiss") if name in files
@@ -152,7 +152,7 @@ def test_dag_end_to_end_a_killed_training_reruns_to_the_same_output_a_failed_gat
     run = dag.test(logical_date=day, run_conf={"conf": str(conf_a)})
 
     assert run.state == "success", run.state
-    version = publish.read_current(root_a)
+    version = publish.current_or_none(root_a)
     assert version is not None and version.startswith("20260103-")
     manifest = publish.verify_version(root_a / "versions" / version)
     assert manifest["data_interval"] == {"start": "2026-01-01", "end": "2026-01-04"}
@@ -174,7 +174,7 @@ def test_dag_end_to_end_a_killed_training_reruns_to_the_same_output_a_failed_gat
     assert killed and broken.state == "failed", broken.state
     states = {ti.task_id: ti.state for ti in broken.get_task_instances()}
     assert states["train"] == "failed" and states["publish"] == "upstream_failed"
-    assert publish.read_current(root_b) is None  # no CURRENT ...
+    assert publish.current_or_none(root_b) is None  # no CURRENT ...
     assert publish.version_names(root_b) == []  # ... and no version, partial or not
     staging = root_b / ".tmp"
     assert not staging.exists() or not any(staging.iterdir())  # nothing half-written left
@@ -182,7 +182,7 @@ def test_dag_end_to_end_a_killed_training_reruns_to_the_same_output_a_failed_gat
     rerun = dag.test(logical_date=day, run_conf={"conf": str(conf_b)})
 
     assert rerun.state == "success", rerun.state
-    assert publish.read_current(root_b) == version
+    assert publish.current_or_none(root_b) == version
     assert "item_vectors.parquet" in published_data(root_a)
     assert published_data(root_b) == published_data(root_a)  # byte-identical output
 
@@ -204,7 +204,7 @@ def test_dag_end_to_end_a_killed_training_reruns_to_the_same_output_a_failed_gat
     assert refused.state == "failed", refused.state
     states = {ti.task_id: ti.state for ti in refused.get_task_instances()}
     assert states["gate"] == "failed" and states["publish"] == "upstream_failed"
-    assert publish.read_current(root_b) == version  # CURRENT unchanged
+    assert publish.current_or_none(root_b) == version  # CURRENT unchanged
     assert publish.version_names(root_b) == [version]
     assert len(publish.version_names(root_b, publish.REJECTED)) == 1  # the candidate, for review
     alerts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ALERT")]

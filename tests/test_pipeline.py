@@ -34,7 +34,7 @@ def same_cluster_share(vectors: ItemVectors, cluster_of: dict[str, str], k: int 
 def test_run_publishes_a_complete_version(generated_run: dict) -> None:
     result, root = generated_run["result"], generated_run["root"]
     version = result["publish"]["version"]
-    assert publish.read_current(root) == version
+    assert publish.current_or_none(root) == version
     assert version.startswith("20260108-")
     manifest = publish.verify_version(root / "versions" / version)
     assert manifest["data_interval"] == {"start": "2026-01-01", "end": "2026-01-09"}
@@ -60,7 +60,7 @@ def test_vectors_recover_the_planted_clusters(generated_run: dict, generated_log
     truth = pq.read_table(generated_log / "_ground_truth.parquet").to_pylist()
     cluster_of = {row["item_id"]: row["cluster"] for row in truth}
     root = generated_run["root"]
-    version = publish.read_current(root)
+    version = publish.current_or_none(root)
     vectors, _ = read_vectors(root / "versions" / version / VECTORS_FILE)
     share = same_cluster_share(vectors, cluster_of)
     seen = vectors.counts >= 5
@@ -118,7 +118,7 @@ def test_gate_refuses_a_broken_model_that_falls_below_the_previous_version(
         run_pipeline(broken, paths, (date(2026, 1, 2), date(2026, 1, 9)))
     assert failure.value.exit_code == 3
     root = Path(paths.publish_root)
-    assert publish.read_current(root) == first
+    assert publish.current_or_none(root) == first
     (rejected,) = (root / publish.REJECTED).iterdir()
     assert rejected.name.startswith("20260108-")
     manifest = json.loads((rejected / "manifest.json").read_text())
@@ -137,21 +137,21 @@ def test_rerun_finds_the_version_already_published(generated_run: dict) -> None:
     assert again["publish"]["version"] == version
     assert again["publish"]["already_published"] is True
     assert file_sha256(vectors) == before
-    assert publish.read_current(root) == version
+    assert publish.current_or_none(root) == version
 
 
 def test_failed_gate_records_the_candidate_and_keeps_current(generated_run: dict) -> None:
     from embedding.errors import QualityGateError
 
     paths, root = generated_run["paths"], generated_run["root"]
-    current = publish.read_current(root)
+    current = publish.current_or_none(root)
     strict = generated_run["cfg"].model_copy(
         update={"gate": generated_run["cfg"].gate.model_copy(update={"min_value": 0.99})}
     )
     with pytest.raises(QualityGateError, match="quality gate failed") as failure:
         run_pipeline(strict, paths)
     assert failure.value.exit_code == 3
-    assert publish.read_current(root) == current
+    assert publish.current_or_none(root) == current
     rejected = [p.name for p in (root / publish.REJECTED).iterdir()]
     assert len(rejected) == 1 and rejected[0] != current
     assert not (root / "versions" / rejected[0]).exists()
@@ -199,7 +199,7 @@ def test_publish_failing_at_any_step_leaves_current_and_old_version(
         publish.publish_version(
             tmp_path, "20260102-bbbbbbbb", _vectors(seed=2), {}, {}, fault=_fail_at(step)
         )
-    assert publish.read_current(tmp_path) == old.version
+    assert publish.current_or_none(tmp_path) == old.version
     after = _tree_checksums(tmp_path)
     assert {k: v for k, v in after.items() if "20260102" not in k} == before
     assert not any((tmp_path / publish.TMP).iterdir())  # no temp leftovers
@@ -211,14 +211,14 @@ def test_publish_failing_at_any_step_leaves_current_and_old_version(
     # a rerun finishes the publish
     done = publish.publish_version(tmp_path, "20260102-bbbbbbbb", _vectors(seed=2), {}, {})
     assert done.already_published == (step in ("after_rename", "before_current"))
-    assert publish.read_current(tmp_path) == "20260102-bbbbbbbb"
+    assert publish.current_or_none(tmp_path) == "20260102-bbbbbbbb"
 
 
 def test_current_only_moves_forward(tmp_path: Path) -> None:
     publish.publish_version(tmp_path, "20260105-aaaaaaaa", _vectors(), {}, {})
     older = publish.publish_version(tmp_path, "20260103-bbbbbbbb", _vectors(seed=3), {}, {})
     assert older.current_moved is False
-    assert publish.read_current(tmp_path) == "20260105-aaaaaaaa"
+    assert publish.current_or_none(tmp_path) == "20260105-aaaaaaaa"
     publish.verify_version(tmp_path / "versions" / "20260103-bbbbbbbb")
 
 
@@ -235,7 +235,7 @@ def test_a_corrupted_version_is_not_taken_as_published(tmp_path: Path) -> None:
 
 def test_manifest_records_parameters_and_interval(generated_run: dict) -> None:
     root = generated_run["root"]
-    version = publish.read_current(root)
+    version = publish.current_or_none(root)
     manifest = json.loads((root / "versions" / version / "manifest.json").read_text())
     for key in (
         "contract_version",
@@ -260,7 +260,7 @@ def test_report_command_regenerates_a_version_report(generated_run: dict, tmp_pa
     from embedding.cli import main
 
     root = generated_run["root"]
-    version = publish.read_current(root)
+    version = publish.current_or_none(root)
     out = tmp_path / "r" / "report.html"
     assert main(["report", "--publish-root", str(root), "--out", str(out)]) == 0
     html = out.read_text()

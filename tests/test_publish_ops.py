@@ -64,14 +64,14 @@ def rolled_back(tmp_path: Path) -> Path:
     """GOOD then BAD published (CURRENT = BAD), then rolled back to GOOD."""
     _publish(tmp_path, GOOD, seed=1)
     _publish(tmp_path, BAD, seed=2)
-    assert publish.read_current(tmp_path) == BAD
+    assert publish.current_or_none(tmp_path) == BAD
     result = publish.rollback(tmp_path, GOOD)
     assert (result.version, result.previous_current, result.newest_at_pin) == (GOOD, BAD, BAD)
     return tmp_path
 
 
 def test_rollback_moves_current_back_and_writes_the_pin(rolled_back: Path) -> None:
-    assert publish.read_current(rolled_back) == GOOD
+    assert publish.current_or_none(rolled_back) == GOOD
     pin = _pin(rolled_back)
     assert pin["version"] == GOOD and pin["newest_at_pin"] == BAD
     assert pin["previous_current"] == BAD and pin["pinned_at"]
@@ -90,7 +90,7 @@ def test_rerunning_the_rolled_back_version_keeps_current_while_pinned(
     # a backfill or another build of the same day as the bad version does not lift the pin
     for version in ("20260108-cccccccc", "20260106-dddddddd", "20260101-eeeeeeee"):
         assert not _publish(rolled_back, version, seed=3).current_moved
-    assert publish.read_current(rolled_back) == GOOD
+    assert publish.current_or_none(rolled_back) == GOOD
     assert _pin(rolled_back)["version"] == GOOD
 
 
@@ -100,7 +100,7 @@ def test_a_later_day_publish_moves_current_forward_and_lifts_the_pin(rolled_back
     assert not (rolled_back / publish.PINNED).exists()
     # unpinned again: the ordinary forward-only rule
     assert not publish.finish_publish(rolled_back, BAD).current_moved
-    assert publish.read_current(rolled_back) == "20260109-ffffffff"
+    assert publish.current_or_none(rolled_back) == "20260109-ffffffff"
 
 
 def test_a_rerun_finishes_a_pin_lift_interrupted_after_current_moved(rolled_back: Path) -> None:
@@ -117,7 +117,7 @@ def test_a_second_rollback_keeps_the_first_ones_bar(rolled_back: Path) -> None:
     second = publish.rollback(rolled_back, "20260103-99999999")
     assert second.previous_current == GOOD and second.newest_at_pin == BAD
     assert not publish.finish_publish(rolled_back, BAD).current_moved
-    assert publish.read_current(rolled_back) == "20260103-99999999"
+    assert publish.current_or_none(rolled_back) == "20260103-99999999"
 
 
 def test_the_gate_compares_with_the_pinned_version_not_the_rolled_back_one(
@@ -164,7 +164,7 @@ def test_rollback_command_prints_what_current_was_and_is(
     assert main(["-q", "rollback", GOOD, "--publish-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"CURRENT was {BAD}, now {GOOD}" in out and "2026-01-08" in out
-    assert publish.read_current(tmp_path) == GOOD and _pin(tmp_path)["version"] == GOOD
+    assert publish.current_or_none(tmp_path) == GOOD and _pin(tmp_path)["version"] == GOOD
 
 
 def _days(n: int) -> list[str]:
@@ -189,7 +189,7 @@ def test_retention_keeps_current_the_one_before_it_and_the_pinned_one(tmp_path: 
     for version in publish.version_names(tmp_path):
         publish.verify_version(tmp_path / "versions" / version)
     assert not list(tmp_path.rglob(f"{publish.DELETING}*"))
-    assert publish.read_current(tmp_path) == versions[2]
+    assert publish.current_or_none(tmp_path) == versions[2]
     assert publish.apply_version_retention(tmp_path, keep=2) == []  # idempotent
 
 
@@ -205,7 +205,7 @@ def test_retention_after_publish_spares_the_new_version_and_finishes_crashed_del
     assert not backfill.current_moved and backfill.deleted == (f"versions/{versions[1]}",)
     assert publish.version_names(tmp_path) == [versions[0], *versions[2:]]
     assert not leftover.exists()
-    assert publish.read_current(tmp_path) == versions[3]
+    assert publish.current_or_none(tmp_path) == versions[3]
 
 
 def test_a_crash_while_deleting_never_leaves_a_half_deleted_version(

@@ -258,7 +258,7 @@ def test_app_refuses_to_start_on_a_broken_current(tmp_path: Path) -> None:
         ("duplicate", r"duplicate item_id rows \(e.g. \['item_00000'\]\)"),
         ("dim", r"row 0 has a vector of length 32, but manifest.json says dim=8"),
         ("n_items", r"20 rows but manifest.json says n_items=21"),
-        ("no_checksum", r"no sha256 for item_vectors.parquet"),
+        ("no_checksum", r"'files' does not list item_vectors.parquet"),
     ],
 )
 def test_inconsistent_versions_are_refused(tmp_path: Path, breakage: str, message: str) -> None:

@@ -264,7 +264,7 @@ def break_version(version_dir: Path, breakage: str) -> str:
         manifest_path.write_text(json.dumps(manifest))
         return "does not match"
     manifest_path.unlink()
-    return "manifest.json does not exist"
+    return "manifest.json: missing"
 
 
 @pytest.mark.parametrize("breakage", ["corrupt_parquet", "checksum", "missing_manifest"])

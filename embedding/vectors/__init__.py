@@ -1,0 +1,1 @@
+"""Item vectors, their files and published versions (read + verify)."""
