@@ -7,6 +7,7 @@ published version against corruption.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -77,14 +78,67 @@ def parquet_content_hash(path: Path, sort_keys: Sequence[str]) -> str:
     return table_content_hash([pq.read_table(f) for f in files], sort_keys)
 
 
-SOURCE_PACKAGES = ("embedding", "jobs")
+# the code a published version's bytes come from: the stages and everything they import
+# (found by reading the imports, lazy ones included); developer tools, the CLI, the DAG files,
+# the serving layer and tests are outside it, so editing them leaves version ids unchanged
+OUTPUT_ROOTS = ("embedding.pipeline",)
+SESSIONIZE_ROOTS = ("jobs.sessionize",)  # what a day marker's code hash covers
+# imported by the stages but never changing what they write: kill points, the writer lock
+NOT_OUTPUT = frozenset({"embedding.chaos", "embedding.lock"})
+_PACKAGES = ("embedding", "jobs")
 
 
-def source_hash(packages: Iterable[str] = SOURCE_PACKAGES) -> str:
-    """sha256 over the package's source files (path and bytes), so code changes new ids."""
+def source_hash(roots: Iterable[str] = OUTPUT_ROOTS, project_root: Path = PROJECT_ROOT) -> str:
+    """sha256 over the source of ``output_modules(roots)`` (path and bytes): the code hash of a
+    version id (CONTRACTS §2) and of a day marker."""
     digest = hashlib.sha256()
-    for package in packages:
-        for file in sorted((PROJECT_ROOT / package).rglob("*.py")):
-            digest.update(str(file.relative_to(PROJECT_ROOT)).encode())
-            digest.update(file.read_bytes())
+    for file in output_modules(roots, project_root):
+        digest.update(file.relative_to(project_root).as_posix().encode())
+        digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+def output_modules(roots: Iterable[str], project_root: Path = PROJECT_ROOT) -> list[Path]:
+    """The files of ``roots`` and of every project module they import, transitively (packages'
+    ``__init__`` included), ``NOT_OUTPUT`` aside; sorted."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen or name in NOT_OUTPUT:
+            continue
+        seen.add(name)
+        todo.extend(_imported_modules(name, project_root) - seen)
+    return sorted({_module_file(name, project_root) for name in seen} - {None})  # type: ignore[arg-type]
+
+
+def _module_file(name: str, project_root: Path) -> Path | None:
+    path = project_root.joinpath(*name.split("."))
+    for candidate in (path / "__init__.py", path.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(name: str, project_root: Path) -> set[str]:
+    """Project modules (and their parent packages) that module ``name`` imports anywhere."""
+    file = _module_file(name, project_root)
+    if file is None:
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_text(), str(file))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)  # ``from pkg import mod`` may import a module: try both
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    found = set()
+    for imported in names:
+        parts = imported.split(".")
+        if parts[0] not in _PACKAGES:
+            continue
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            if _module_file(prefix, project_root) is not None:
+                found.add(prefix)
+    return found

@@ -41,7 +41,6 @@ from pathlib import Path, PurePosixPath
 from embedding import chaos
 from embedding.atomic import fsync_dir, fsync_tree, rename_durably
 from embedding.atomic import write_text_atomic as _write_atomic
-from embedding.checksum import SOURCE_PACKAGES as SOURCE_PACKAGES
 from embedding.checksum import file_sha256
 from embedding.checksum import source_hash as source_hash
 from embedding.errors import InputError, PublishError

@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a file by spark-submit
 
 from embedding import chaos
 from embedding.atomic import fsync_dir, fsync_tree, write_text_atomic
-from embedding.checksum import source_hash, table_content_hash
+from embedding.checksum import SESSIONIZE_ROOTS, source_hash, table_content_hash
 from embedding.config import Config, SessionizeConfig
 from embedding.errors import EmbeddingError, InputError
 from embedding.lock import held_here
@@ -713,7 +713,7 @@ def run_sessionize(
             ).partitionBy(C.DAY).parquet(str(staging / table))
             _phase(f"wrote {table}", started)
         chaos.point("sessionize.staged")
-        code_hash = source_hash()
+        code_hash = source_hash(SESSIONIZE_ROOTS)
         for day in day_strs:
             if day in kept:
                 continue
