@@ -41,6 +41,10 @@ measured in the same run, the same-run reference of STYLE rule 15):
    (``publish_version`` writes the Parquet file, copies the prebuilt index in via
    ``write_extra``, renames, moves CURRENT).
    ``failed_requests_during_swap`` counts non-200 answers scheduled from the publish on;
+   ``after_current_p99_ms``/``after_current_max_ms`` cover the requests sent from CURRENT's move
+   on (the service's poll, load and swap without the publish before it), and
+   ``slowest_requests_at_s`` says when the five slowest were sent, in seconds after the publish
+   started;
    ``swap_s`` runs from CURRENT's move to the first answer naming the new version (it includes
    the service's poll interval and its load of the new version).
 7. Worst case: uniform points on the sphere (``min(n, --uniform-n)`` of them): index-level
@@ -687,6 +691,9 @@ def swap_under_load(
         # when things happened, in seconds after the publish started: where a slow request
         # falls (the publish, the load, the swap itself) says what to blame
         "current_moved_at_s": current_moved - publish_started,
+        # the same, over requests sent from CURRENT's move on: the service's own part of a swap
+        # (poll, load, swap, free), without the publish that ran on the same cores before it
+        **_after_current(during, current_moved),
         "first_new_answer_at_s": (min(firsts) - publish_started) if firsts else None,
         "slowest_requests_at_s": [
             [round(during[i][0] - publish_started, 3), round(float(during_ms[i]), 1)]
@@ -703,11 +710,26 @@ def swap_under_load(
     }
 
 
+def _after_current(records: list, current_moved: float) -> dict[str, float | None]:
+    after = [(done - sched) * 1e3 for sched, done, _, _ in records if sched >= current_moved]
+    return {
+        "after_current_p99_ms": float(np.percentile(after, 99)) if after else None,
+        "after_current_max_ms": float(max(after)) if after else None,
+    }
+
+
 def combine_swaps(swaps: list[dict[str, Any]]) -> dict[str, Any]:
     """The acceptance figures over every swap (worst p99 and max, failures summed), and each."""
     worst = {
         key: max(s[key] for s in swaps if s[key] is not None)
-        for key in ("during_swap_p50_ms", "during_swap_p99_ms", "during_swap_max_ms", "swap_s")
+        for key in (
+            "during_swap_p50_ms",
+            "during_swap_p99_ms",
+            "during_swap_max_ms",
+            "after_current_p99_ms",
+            "after_current_max_ms",
+            "swap_s",
+        )
     }
     return {
         **worst,
@@ -751,6 +773,10 @@ def print_table(report: dict[str, Any]) -> None:
             f"latency during {swap['n_swaps']} swaps (p50/p99/max ms)",
             f"{swap['during_swap_p50_ms']:.2f} / {swap['during_swap_p99_ms']:.2f} / "
             f"{swap['during_swap_max_ms']:.1f}",
+        ),
+        (
+            "  from CURRENT's move (p99/max ms)",
+            f"{swap['after_current_p99_ms']:.2f} / {swap['after_current_max_ms']:.1f}",
         ),
         (
             f"uniform n={uni['n']:,} recall@10",
