@@ -6,16 +6,18 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
+from fastapi.testclient import TestClient
 
+import serving.model
 from embedding import publish
 from embedding.alerts import post_webhook
 from embedding.ann_index import build_index, save_index
 from embedding.checksum import file_sha256
 from embedding.errors import PublishError
 from serving.app import create_app
-from tests.test_serving_reload import CFG, DIM, V1, serve, write_version
+from serving.model import VersionLoadError
+from tests.test_serving_reload import CFG, DIM, V1, write_version
 
 
 @pytest.mark.parametrize(
@@ -46,18 +48,21 @@ def test_a_manifest_naming_a_file_outside_its_version_is_refused(tmp_path: Path,
 
 def test_an_index_file_the_manifest_does_not_list_is_never_loaded(tmp_path: Path) -> None:
     version_dir = write_version(tmp_path, V1, n_items=1500)  # above exact search: HNSW
-    # a crafted index: a valid hnswlib file of the right shape, over other vectors
+    # a crafted index: a valid FAISS file of the right shape, over other vectors
     rng = np.random.default_rng(99)
     other = rng.normal(size=(1500, DIM)).astype(np.float32)
     other /= np.linalg.norm(other, axis=1, keepdims=True)
     save_index(build_index(other, CFG), version_dir, 1500, DIM, CFG)  # not in the manifest
-    table = pq.read_table(version_dir / "item_vectors.parquet")
-    vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
-    exact = [f"item_{i:05d}" for i in np.argsort(-(vectors @ vectors[42]))[1:6]]
+    loads: list[object] = []
+    app = create_app(tmp_path, CFG.model_copy(update={"poll_interval_s": 0}))
 
-    with serve(create_app(tmp_path, CFG.model_copy(update={"poll_interval_s": 0}))) as client:
-        health = client.get("/health").json()
-        answer = client.get("/items/item_00042/similar", params={"k": 5}).json()
-
-    assert health["index"] == "built"  # rebuilt from the verified vectors, not loaded
-    assert [n["item_id"] for n in answer["neighbors"]] == exact
+    # a version holding a file its manifest does not vouch for is refused whole, by every
+    # reader (embedding.vectors.versions): the service does not start on it
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        pytest.raises(VersionLoadError, match=r"does not list ann_index.faiss, ann_index.json"),
+    ):
+        patch.setattr(serving.model, "load_index", lambda *a, **k: loads.append(a))
+        with TestClient(app):
+            pass
+    assert loads == []  # the crafted index was never read
