@@ -352,7 +352,7 @@ def load_version(
 
     vectors.setflags(write=False)
     cfg = cfg or ServingConfig()
-    index, index_source, index_load_s = _open_index(version_dir, manifest, vectors, cfg)
+    index, index_source, index_load_s = _open_index(version_dir, vectors, cfg)
     loaded = LoadedVersion(
         version=version,
         path=version_dir,
@@ -380,13 +380,13 @@ def load_version(
 
 
 def _open_index(
-    version_dir: Path, manifest: Mapping[str, Any], vectors: np.ndarray, cfg: ServingConfig
+    version_dir: Path, vectors: np.ndarray, cfg: ServingConfig
 ) -> tuple[Any, IndexSource, float]:
     """(index or None, where it came from, seconds spent) for the verified ``vectors``.
 
-    A stored index is used only when the manifest lists both its files with a sha256 they
-    match, and its metadata matches the vectors; a listed file that fails refuses the version,
-    an unlisted one is ignored and the index is built from the vectors.
+    ``verify_version`` already checked every file of the folder against the manifest (an
+    unlisted index refuses the version); here the stored index must be whole and its metadata
+    match the vectors, or the version is refused. No stored index: one is built now.
     """
     n_items, dim = vectors.shape
     if n_items < EXACT_SEARCH_MAX_ITEMS:
