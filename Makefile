@@ -48,7 +48,7 @@ serve: install ## start the service on 127.0.0.1:8000 over ./publish
 	$(PY) -m serving --publish-root publish
 
 airflow: install $(AIRFLOW_HOME)/airflow.db ## Airflow's UI on 127.0.0.1:8080 with the DAGs (prints how to log in; Ctrl-C stops)
-	$(PY) -m embedding.airflow_local --home $(AIRFLOW_HOME)
+	$(PY) -m embedding.devtools.airflow_local --home $(AIRFLOW_HOME)
 
 test: install ## lint, then the whole test suite (real Spark, Airflow, Parquet, HTTP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -2,7 +2,7 @@
 
 On a generated log (with an item table, so cold start runs) and ``word2vec.workers=1``, each
 fault is: a fresh work folder and publish root; a run with ``EMBEDDING_KILL_AT=<point>``
-(``embedding.chaos``: the process group SIGKILLs itself there); a rerun without it; then the
+(``embedding.core.chaos``: the process group SIGKILLs itself there); a rerun without it; then the
 state is compared with an undisturbed run's: ``CURRENT``, the version ids (published and
 rejected), the day markers, each version's vectors content hash (rows sorted), its ANN index
 bytes, every version verifying against its manifest, and nothing left in ``.tmp``,
@@ -42,8 +42,8 @@ import yaml
 
 from bench.common import git_commit, git_dirty
 from embedding import PROJECT_ROOT
-from embedding.chaos import ENV, POINTS
-from embedding.checksum import table_content_hash
+from embedding.core.chaos import ENV, POINTS
+from embedding.core.checksum import table_content_hash
 
 logger = logging.getLogger("bench.bench_chaos")
 
@@ -206,8 +206,8 @@ def _sha256(path: Path) -> str:
 
 def snapshot(case: Path) -> dict[str, Any]:
     """What a run leaves that readers depend on, compared across runs."""
-    from embedding.errors import PublishError
-    from embedding.publish import verify_version
+    from embedding.core.errors import PublishError
+    from embedding.vectors.publish import verify_version
 
     root, work = case / "publish", case / "work"
     current = root / "CURRENT"

@@ -53,8 +53,8 @@ from bench.duckdb_sessionize import (
     run_duckdb_sessionize,
     start_spark,
 )
-from embedding.config import Config, load_config
-from embedding.generate import generate_clicklog
+from embedding.core.config import Config, load_config
+from embedding.devtools.generate import generate_clicklog
 
 logger = logging.getLogger("bench.bench_data")
 

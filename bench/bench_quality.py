@@ -86,10 +86,10 @@ def gate_on_shuffled(
     spec: LogSpec, publish_root: Path, manifest: dict, seed: int, overrides: list[str]
 ) -> dict:
     """The pipeline's evaluate and gate stages on this run's vectors with their ids shuffled."""
-    from embedding.config import load_config
-    from embedding.errors import QualityGateError
-    from embedding.pipeline import RunPlan, evaluate_stage, gate_stage
-    from embedding.vectors_io import read_vectors, write_vectors
+    from embedding.core.config import load_config
+    from embedding.core.errors import QualityGateError
+    from embedding.stages.pipeline import RunPlan, evaluate_stage, gate_stage
+    from embedding.vectors.parquet_io import read_vectors, write_vectors
 
     mapping = PROJECT_ROOT / spec.mapping if spec.mapping else None
     cfg = load_config(PROJECT_ROOT / "conf" / "default.yaml", [f"seed={seed}", *overrides],

@@ -9,7 +9,7 @@ measured in the same run, the same-run reference of STYLE rule 15):
    cluster about half of the time: a binary search on ``log(sigma)`` with the noise held fixed,
    measuring the share for ``--calib-queries`` query points against the whole set (exact NN with
    numpy), target 0.5 +- 0.05. The setting and the measured share go into the JSON.
-2. Publish it with ``embedding.publish.publish_version`` (ids ``it{i:07d}``, markets
+2. Publish it with ``embedding.vectors.publish.publish_version`` (ids ``it{i:07d}``, markets
    ``m{cluster % 50}``), the HNSW index written into the version folder by
    ``write_extra=lambda folder: write_version_index(folder, cfg)``: ``index_build_s`` times that
    call, ``publish_s`` the whole publish.
@@ -19,7 +19,8 @@ measured in the same run, the same-run reference of STYLE rule 15):
    says the index load took inside the service.
 4. ``recall_at_10``: the service's answer (``GET /items/{id}/similar?k=10``) for ``--queries``
    random ids against the exact numpy top 10 (self excluded). ``raw_index_p99_ms``: one
-   ``search`` per query on the index loaded in-process with ``embedding.ann_index.load_index``,
+   ``search`` per query on the index loaded in-process with
+   ``embedding.vectors.ann_index.load_index``,
    fetching the same ``max(k * candidate_factor, k + 10)`` candidates as the service, one thread.
 5. Load: an open-loop client in its own process (asyncio + httpx) sends ``GET
    /items/{id}/similar?k=10`` for random known ids at ``--rate`` for ``--warmup`` then
@@ -96,16 +97,16 @@ import numpy as np
 
 from bench.common import git_commit, git_dirty
 from embedding import PROJECT_ROOT
-from embedding.ann_index import (
+from embedding.core.config import ServingConfig, load_config
+from embedding.vectors.ann_index import (
     INDEX_FILE,
     INDEX_META_FILE,
     build_index,
     load_index,
     write_version_index,
 )
-from embedding.config import ServingConfig, load_config
-from embedding.publish import CURRENT, VERSIONS, publish_version
-from embedding.train_w2v import ItemVectors
+from embedding.vectors.item_vectors import ItemVectors
+from embedding.vectors.publish import CURRENT, VERSIONS, publish_version
 from serving.model import MIN_EXTRA_CANDIDATES
 from serving.probe import free_port
 

@@ -18,7 +18,7 @@ Both methods train on the same corpus with the same ``Word2VecParams`` (defaults
   same-run reference of STYLE rule 15); ``words_ratio`` compares with it, so it measures what
   streaming from Parquet costs;
 - ``ref_noloss``: the same without the loss, to show what logging the loss costs;
-- ``torch_sgns``: our own PyTorch trainer (``embedding.train_sgns``) on the same in-memory
+- ``torch_sgns``: our own PyTorch trainer (``embedding.train.sgns``) on the same in-memory
   sessions and knobs, as many torch threads as gensim workers (``torch_words_ratio``).
 
 Reported per method: median and best wall time of ``--repeats`` runs, words/s (corpus tokens x
@@ -59,11 +59,12 @@ import pyarrow.parquet as pq
 
 from bench.common import git_commit, git_dirty
 from embedding import PROJECT_ROOT
-from embedding.auto_params import resolve
-from embedding.config import SessionizeConfig, Word2VecParams, load_config
-from embedding.corpus import ParquetSessionCorpus
-from embedding.generate import GROUND_TRUTH_FILE, generate_clicklog
-from embedding.train_w2v import ItemVectors, normalize_rows, train_word2vec
+from embedding.core.config import SessionizeConfig, Word2VecParams, load_config
+from embedding.devtools.generate import GROUND_TRUTH_FILE, generate_clicklog
+from embedding.train.auto_params import resolve
+from embedding.train.corpus import ParquetSessionCorpus
+from embedding.train.w2v import train_word2vec
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 logger = logging.getLogger("bench.bench_train")
 
@@ -235,12 +236,12 @@ def run_project(sessions: Sessions, params: Word2VecParams) -> tuple[float, list
 
 
 def run_torch(sessions: Sessions, params: Word2VecParams) -> tuple[float, list[str], np.ndarray]:
-    """Our own trainer (``embedding.train_sgns``, Airbnb's objective off: no bookings or markets
+    """Our own trainer (``embedding.train.sgns``, Airbnb's objective off: no bookings or markets
     given) on the same in-memory sessions and knobs, with as many torch threads as gensim has
     workers."""
     import torch
 
-    from embedding.train_sgns import train_sgns
+    from embedding.train.sgns import train_sgns
 
     torch.set_num_threads(params.workers)
     started = time.perf_counter()
@@ -252,11 +253,12 @@ def run_torch(sessions: Sessions, params: Word2VecParams) -> tuple[float, list[s
 def finetune_throughput(
     ids: list[str], vectors: np.ndarray, sessions: Sessions, device: str
 ) -> dict:
-    """Pairs/s of ``embedding.finetune.finetune`` on ``device`` (3 epochs, no early stop), with
+    """Pairs/s of ``embedding.train.finetune.finetune`` on ``device`` (3 epochs, no early stop),
+    with
     every consecutive item pair of the sessions standing in for booking pairs: the throughput
     of the training loop, validation recall included, not a quality figure."""
-    from embedding.config import FinetuneParams
-    from embedding.finetune import finetune
+    from embedding.core.config import FinetuneParams
+    from embedding.train.finetune import finetune
 
     base = ItemVectors(list(ids), normalize_rows(vectors), np.ones(len(ids), np.int64))
     context = [a for items in sessions.items for a in items[:-1]]
@@ -434,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "project_words_per_s": words / project.median_s,
         "gensim_words_per_s": words / reference.median_s,
         "words_ratio": reference.median_s / project.median_s,  # >= 0.9: streaming costs <= 10%
-        # our own PyTorch trainer (embedding.train_sgns) against gensim, same corpus and knobs
+        # our own PyTorch trainer (embedding.train.sgns) against gensim, same corpus and knobs
         "torch_words_per_s": words / results["torch_sgns"].median_s,
         "torch_words_ratio": reference.median_s / results["torch_sgns"].median_s,
         "finetune_pairs_per_s_cpu": finetune_runs["cpu"]["pairs_per_s"],

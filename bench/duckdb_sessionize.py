@@ -1,6 +1,6 @@
 """DuckDB re-implementation of ``jobs.sessionize``: the same-run reference of ``bench.bench_data``.
 
-Input: a Parquet click log as ``embedding.generate`` writes it, read with a config like
+Input: a Parquet click log as ``embedding.devtools.generate`` writes it, read with a config like
 ``conf/default.yaml`` (canonical or renamed columns, any event map; no source session id, seq or
 shown items, timestamps stored as Parquet timestamps). Output: what ``run_sessionize(cfg, input,
 work_dir)`` writes with ``days=None``, table for table: ``<table>/dt=D/part-NNNNN.parquet`` for
@@ -38,21 +38,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedding import PROJECT_ROOT
-from embedding.checksum import canonical_table, table_content_hash
-from embedding.config import Config, load_config
-from embedding.errors import InputError
+from embedding.core.checksum import canonical_table, table_content_hash
+from embedding.core.config import Config, load_config
+from embedding.core.errors import InputError
+from embedding.core.workdir import BOOKING_PAIRS, CONVERSIONS, ITEM_STATS, SESSIONS
 from jobs import columns as C
 from jobs.ingest import MAX_TS, MIN_TS, inspect_input
-from jobs.sessionize import (
-    BOOKING_PAIRS,
-    CONVERSIONS,
-    ITEM_STATS,
-    SESSIONS,
-    TABLES,
-    SessionizeResult,
-    commit_day,
-    day_partition,
-)
+from jobs.sessionize import TABLES, SessionizeResult, commit_day, day_partition
 from jobs.user_hash import hmac_pads, resolve_salt
 
 logger = logging.getLogger("bench.duckdb_sessionize")
@@ -590,7 +582,7 @@ def compare_counts(spark: dict, duck: dict) -> dict[str, tuple]:
 def add_bad_rows(log_dir: Path, day: str = "2026-01-03") -> int:
     """Add a file of rows the ingest rules reject, trim or deduplicate to a generated log:
     one row per quarantine reason, padded ids, a blank market and 20 exact duplicates."""
-    from embedding.generate import CLICK_SCHEMA
+    from embedding.devtools.generate import CLICK_SCHEMA
 
     part = log_dir / f"dt={day}"
     existing = pq.read_table(part / "part-0.parquet")
@@ -655,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from embedding.generate import generate_clicklog
+    from embedding.devtools.generate import generate_clicklog
     from jobs.sessionize import run_sessionize
 
     cfg = load_config(args.conf, CHECK_OVERRIDES)

@@ -134,7 +134,7 @@ def split_frame(frame: pd.DataFrame, spec: LogSpec) -> tuple[pd.DataFrame, pd.Da
 def read_source(spec: LogSpec, tmp: Path) -> pd.DataFrame:
     if spec.path is not None:
         return pq.read_table(spec.path).to_pandas()
-    from embedding.generate import generate_clicklog
+    from embedding.devtools.generate import generate_clicklog
 
     out = tmp / f"generated_{spec.name}"
     generate_clicklog(out, GENERATED_EVENTS, GENERATED_DAYS, spec.profile, GENERATED_SEED,

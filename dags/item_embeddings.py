@@ -1,8 +1,9 @@
 """Daily item-embedding DAG: sessionize -> completeness -> plan -> skip-gram -> fine-tune ->
 evaluate -> gate -> publish -> retention. Wiring only: every task imports its stage inside the
 body and calls one function of ``embedding``; XCom carries small dicts (paths, counts, metrics),
-never data. Skip-gram and fine-tune run in a child process each (``embedding.stage_process``),
-so they can be killed and are retried from scratch. A failed task logs one ``ALERT`` line (and
+never data. Skip-gram and fine-tune run in a child process each
+(``embedding.stages.stage_process``), so they can be killed and are retried from scratch. A
+failed task logs one ``ALERT`` line (and
 posts it to ``EMBEDDING_ALERT_WEBHOOK`` when set). Environment: ``EMBEDDING_CONF`` (config
 file), ``EMBEDDING_CATCHUP``, ``EMBEDDING_RETRIES`` (default 2), ``EMBEDDING_START_DATE``
 (default 2026-01-01).
@@ -35,15 +36,15 @@ DAILY = CronDataIntervalTimetable("0 0 * * *", timezone="UTC")
 
 
 def _conf_args() -> tuple[str, list[str]]:
-    """(config file, overrides) of this run: its params (checked: embedding.run_params), else
+    """(config file, overrides) of this run: its params (checked: embedding.core.run_params), else
     the environment's file. A refused parameter fails the task at once, with no retry."""
-    from embedding.run_params import run_conf_args
+    from embedding.core.run_params import run_conf_args
 
     return run_conf_args(get_current_context()["params"], CONF)
 
 
 def _config():
-    from embedding.config import load_config
+    from embedding.core.config import load_config
 
     return load_config(*_conf_args())
 
@@ -54,13 +55,13 @@ def _interval() -> tuple:
 
 
 def _writer(cfg, release: bool = False):
-    """This task's hold on the work folder and publish root (``embedding.lock``): the file
+    """This task's hold on the work folder and publish root (``embedding.core.lock``): the file
     lock for its own life, the run's lease between its tasks; waits out another writer. A
     failure with no retry left releases the lease (the run stops there)."""
     from airflow.exceptions import AirflowFailException
 
-    from embedding.lock import default_wait_s, lease_ttl_s, run_task
-    from embedding.pipeline import resolve_paths
+    from embedding.core.lock import default_wait_s, lease_ttl_s, run_task
+    from embedding.stages.pipeline import resolve_paths
 
     context = get_current_context()
     start, end = _interval()
@@ -105,19 +106,21 @@ def item_embeddings():
 
     @task
     def sessionize() -> dict:
-        from embedding.pipeline import days_to_sessionize, resolve_paths, sessionize_stage
+        from embedding.stages.pipeline import days_to_sessionize, resolve_paths, sessionize_stage
+        from jobs.sessionize import run_sessionize
 
         cfg = _config()
         paths = resolve_paths(cfg)
         start, end = _interval()
+        days = days_to_sessionize(cfg, paths, start, end)
         with _writer(cfg):
-            return sessionize_stage(cfg, paths, days_to_sessionize(cfg, paths, start, end))
+            return sessionize_stage(cfg, paths, days, job=run_sessionize)
 
     @task(execution_timeout=timedelta(minutes=5))
     def completeness(ingest: dict) -> dict:
         """Fail on a partial or missing day before anything trains on it."""
-        from embedding.completeness import check_interval
-        from embedding.pipeline import resolve_paths
+        from embedding.quality.completeness import check_interval
+        from embedding.stages.pipeline import resolve_paths
 
         cfg = _config()
         start, end = _interval()
@@ -130,7 +133,7 @@ def item_embeddings():
 
     @task
     def plan(ingest: dict, checked: dict) -> dict:
-        from embedding.pipeline import plan_run, resolve_paths
+        from embedding.stages.pipeline import plan_run, resolve_paths
 
         cfg = _config()
         _, end = _interval()
@@ -140,7 +143,7 @@ def item_embeddings():
 
     @task
     def train(run: dict) -> dict:
-        from embedding.stage_process import run_stage_process
+        from embedding.stages.stage_process import run_stage_process
 
         with _writer(_config()):
             run_stage_process("train", *_conf_args(), run)
@@ -148,7 +151,7 @@ def item_embeddings():
 
     @task
     def finetune(run: dict) -> dict:
-        from embedding.stage_process import run_stage_process
+        from embedding.stages.stage_process import run_stage_process
 
         with _writer(_config()):
             run_stage_process("finetune", *_conf_args(), run)
@@ -156,7 +159,7 @@ def item_embeddings():
 
     @task
     def evaluate(run: dict) -> dict:
-        from embedding.pipeline import RunPlan, evaluate_stage
+        from embedding.stages.pipeline import RunPlan, evaluate_stage
 
         cfg = _config()
         with _writer(cfg):
@@ -164,7 +167,7 @@ def item_embeddings():
 
     @task(retries=0)
     def gate(run: dict, evaluation: dict, ingest: dict) -> dict:
-        from embedding.pipeline import RunPlan, gate_stage
+        from embedding.stages.pipeline import RunPlan, gate_stage
 
         cfg = _config()
         with _writer(cfg):  # retries=0: a failed gate ends the run and releases its lease
@@ -173,7 +176,7 @@ def item_embeddings():
 
     @task(outlets=[PUBLISHED])
     def publish(run: dict, evaluation: dict, ingest: dict) -> dict:
-        from embedding.pipeline import RunPlan, publish_stage
+        from embedding.stages.pipeline import RunPlan, publish_stage
 
         cfg = _config()
         with _writer(cfg):
@@ -182,8 +185,8 @@ def item_embeddings():
     @task
     def retention(published: dict) -> list[str]:
         """Delete session partitions older than window.retention_days before the interval end."""
-        from embedding.pipeline import resolve_paths
-        from embedding.window import apply_retention
+        from embedding.core.workdir import apply_retention
+        from embedding.stages.pipeline import resolve_paths
 
         cfg = _config()
         with _writer(cfg, release=True):  # the run's last task: its lease ends here

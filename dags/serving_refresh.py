@@ -28,8 +28,8 @@ PUBLISHED = Asset(name="item_vectors", uri="file:///item-embeddings/published")
 
 
 def _config():
-    from embedding.config import load_config
-    from embedding.run_params import run_conf_args
+    from embedding.core.config import load_config
+    from embedding.core.run_params import run_conf_args
 
     return load_config(*run_conf_args(get_current_context()["params"], CONF))
 

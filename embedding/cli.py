@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from embedding.errors import EmbeddingError, InputError, PublishError
+from embedding.core.errors import EmbeddingError, InputError, PublishError
 
 if TYPE_CHECKING:
-    from embedding.config import Config
+    from embedding.core.config import Config
 
 logger = logging.getLogger("embedding")
 
@@ -58,7 +58,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     from embedding import PROJECT_ROOT
-    from embedding.config import load_config
+    from embedding.core.config import load_config
 
     conf = args.conf if args.conf is not None else PROJECT_ROOT / "conf" / "default.yaml"
     return load_config(conf, args.overrides, source=getattr(args, "source", None))
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from embedding.generate import generate_clicklog
+    from embedding.devtools.generate import generate_clicklog
 
     result = generate_clicklog(
         args.out, args.events, args.days, args.profile, args.seed, args.start
@@ -181,7 +181,7 @@ def format_metrics(metrics: dict) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from embedding.pipeline import resolve_paths, run_pipeline, writer_lock
+    from embedding.stages.pipeline import resolve_paths, run_pipeline, writer_lock
 
     cfg = _load(args)
     if not args.input.exists():
@@ -235,8 +235,8 @@ def _gate_summary(gate: dict) -> str:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from embedding.pipeline import LAST_PUBLISH, resolve_paths
-    from embedding.publish import REJECTED, read_pin, version_names
+    from embedding.stages.pipeline import LAST_PUBLISH, resolve_paths
+    from embedding.vectors.publish import REJECTED, read_pin, version_names
     from embedding.vectors.versions import MANIFEST, VERSIONS, current_or_none
 
     cfg = _load(args)
@@ -308,8 +308,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from embedding.lock import exclusive
-    from embedding.publish import rollback
+    from embedding.core.lock import exclusive
+    from embedding.vectors.publish import rollback
 
     cfg = _load(args)
     root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
@@ -341,8 +341,8 @@ def _chosen_version(args: argparse.Namespace) -> tuple[Config, str, Path]:
 def cmd_neighbors(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from embedding.vectors.parquet_io import VECTORS_FILE, read_vectors
     from embedding.vectors.versions import verify_version
-    from embedding.vectors_io import VECTORS_FILE, read_vectors
 
     _, version, folder = _chosen_version(args)
     verify_version(folder)
@@ -386,8 +386,8 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from embedding.lock import exclusive
-    from embedding.pipeline import plan_run, resolve_paths, sessionize_stage
+    from embedding.core.lock import exclusive
+    from embedding.stages.pipeline import plan_run, resolve_paths, sessionize_stage
     from embedding.sweep import format_table, load_grid, run_sweep
 
     cfg = _load(args)
@@ -409,10 +409,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from embedding.pipeline import version_report
-    from embedding.publish import REJECTED
+    from embedding.stages.pipeline import version_report
+    from embedding.vectors.parquet_io import VECTORS_FILE, read_vectors
+    from embedding.vectors.publish import REJECTED
     from embedding.vectors.versions import MANIFEST, verify_version
-    from embedding.vectors_io import VECTORS_FILE, read_vectors
 
     cfg, version, folder = _chosen_version(args)
     root = folder.parent.parent
@@ -429,7 +429,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from embedding.pipeline import RunPlan, finetune_stage, train_stage
+    from embedding.stages.pipeline import RunPlan, finetune_stage, train_stage
 
     cfg = _load(args)
     try:

@@ -1,7 +1,7 @@
 """Sweep of the skip-gram knobs, ranked on the validation split.
 
 ``python -m embedding sweep --grid conf/sweep.yaml --input LOG`` sessionizes the log, splits
-the window three ways exactly as a run does (``embedding.window.split_sessions``), trains one
+the window three ways exactly as a run does (``embedding.core.workdir.split_sessions``), trains one
 skip-gram per trial on the same streamed training sessions and scores each on the validation
 sessions' next-item cases (HR@10, HR@20, MRR@20, NDCG@10; cases whose items have no vector
 count as misses). The test split is never used to rank; ``--score-test`` adds its figures as
@@ -40,9 +40,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from embedding.config import Config, Word2VecParams
-from embedding.errors import ConfigError
-from embedding.evaluate import (
+from embedding.core.config import Config, Word2VecParams
+from embedding.core.errors import ConfigError
+from embedding.quality.evaluate import (
     MISS,
     embedding_ranks,
     next_item_cases,
@@ -127,8 +127,8 @@ def run_sweep(
     cfg: Config, plan, grid: SweepGrid, out_dir: Path, score_test: bool = False
 ) -> list[dict]:
     """Train and score every trial; returns the rows ranked by the validation metric."""
-    from embedding.pipeline import load_window, training_corpus
-    from embedding.train_w2v import train_word2vec
+    from embedding.stages.pipeline import load_window, training_corpus
+    from embedding.train.w2v import train_word2vec
 
     data = load_window(cfg, plan)
     corpus = training_corpus(cfg, plan)

@@ -19,8 +19,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from embedding.config import IngestConfig, SourceConfig
-from embedding.errors import InputError
+from embedding.core.config import IngestConfig, SourceConfig
+from embedding.core.errors import InputError
 from jobs import columns as C
 
 logger = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from embedding.config import Config, ItemColumnMap
-from embedding.errors import InputError
+from embedding.core.config import Config, ItemColumnMap
+from embedding.core.errors import InputError
 from jobs import columns as C
 from jobs.ingest import as_string, inspect_input, read_clicks
 

@@ -38,13 +38,21 @@ from pyspark.sql import functions as F
 if __package__ in (None, ""):  # run as a file by spark-submit
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from embedding import chaos
-from embedding.atomic import fsync_dir, fsync_tree, write_text_atomic
-from embedding.checksum import SESSIONIZE_ROOTS, source_hash, table_content_hash
-from embedding.config import Config, SessionizeConfig
-from embedding.errors import EmbeddingError, InputError
-from embedding.lock import held_here
-from embedding.window import day_marker_path, read_marker
+from embedding.core import chaos
+from embedding.core.atomic import fsync_dir, fsync_tree, write_text_atomic
+from embedding.core.checksum import SESSIONIZE_ROOTS, source_hash, table_content_hash
+from embedding.core.config import Config, SessionizeConfig
+from embedding.core.errors import EmbeddingError, InputError
+from embedding.core.lock import held_here
+from embedding.core.workdir import (
+    BOOKING_PAIRS,
+    CONVERSIONS,
+    ITEM_STATS,
+    ITEMS,
+    SESSIONS,
+    day_marker_path,
+    read_marker,
+)
 from jobs import columns as C
 from jobs.ingest import (
     flag_rows,
@@ -60,11 +68,6 @@ from jobs.user_hash import hash_users, resolve_salt
 
 logger = logging.getLogger(__name__)
 
-SESSIONS = "sessions"
-CONVERSIONS = "conversions"
-BOOKING_PAIRS = "booking_pairs"
-ITEM_STATS = "item_stats"
-ITEMS = "items"
 PAIR_SORT = [C.SESSION_ID, C.CONTEXT_ITEM, C.BOOKED_ITEM]
 TABLES = {
     SESSIONS: [C.SESSION_ID],
@@ -754,7 +757,7 @@ def run_sessionize(
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``python -m jobs.sessionize`` and ``spark-submit jobs/sessionize.py``."""
     from embedding import PROJECT_ROOT
-    from embedding.config import load_config
+    from embedding.core.config import load_config
 
     parser = argparse.ArgumentParser(description="validate a click log and sessionize it")
     parser.add_argument("--input", type=Path, required=True)
@@ -776,6 +779,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run_sessionize(cfg, args.input.resolve(), args.work_dir.resolve(), days, items)
     except EmbeddingError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+        if args.result_json:  # for a launcher: the message whole, whatever its lines
+            error = {"error": str(exc), "exit_code": exc.exit_code}
+            args.result_json.write_text(json.dumps(error, indent=1))
         return exc.exit_code
     summary = json.dumps(result.to_dict(), indent=1)
     if args.result_json:

@@ -8,7 +8,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from embedding.config import SparkConfig
+from embedding.core.config import SparkConfig
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from embedding.errors import ConfigError
+from embedding.core.errors import ConfigError
 from jobs import columns as C
 
 logger = logging.getLogger(__name__)

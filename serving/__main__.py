@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from embedding import PROJECT_ROOT
-from embedding.errors import EmbeddingError
+from embedding.core.errors import EmbeddingError
 
 DEFAULT_CONF = PROJECT_ROOT / "conf" / "default.yaml"
 # request line + headers: longer is a 400 from the server; every URL the spec allows fits
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     # heavier imports only once the arguments are fine
-    from embedding.config import load_config
+    from embedding.core.config import load_config
 
     conf = (
         args.conf if args.conf is not None else (DEFAULT_CONF if DEFAULT_CONF.is_file() else None)

@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedding import __version__
-from embedding.config import ServingConfig
+from embedding.core.config import ServingConfig
 from serving.blocklist import BlocklistWatcher
 from serving.limits import BodySizeLimit, HeavySlots, RetryAfterOn503, unparsable_body_as_422
 from serving.model import NoCurrentVersionError, VersionLoadError

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedding.errors import EmbeddingError
+from embedding.core.errors import EmbeddingError
 
 if TYPE_CHECKING:
     from serving.model import LoadedVersion

@@ -7,7 +7,7 @@ and an index over them. Nothing is trusted blindly: the Parquet file must match 
 be unique; otherwise ``VersionLoadError`` says what is wrong and where.
 
 The HNSW index (FAISS) comes prebuilt with the version when the publisher stored one
-(``embedding.ann_index``: ``ann_index.faiss`` + ``ann_index.json``, checked against the
+(``embedding.vectors.ann_index``: ``ann_index.faiss`` + ``ann_index.json``, checked against the
 manifest's sha256 and against the vectors); a version without one gets an index built at load
 time (a minute or two for a million items). A stored index that fails a
 check refuses the whole version: the caller keeps serving the old one.
@@ -41,9 +41,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from embedding.ann_index import EXACT_SEARCH_MAX_ITEMS as EXACT_SEARCH_MAX_ITEMS
-from embedding.ann_index import INDEX_FILE, INDEX_META_FILE, AnnIndexError, build_index, load_index
-from embedding.config import ServingConfig
+from embedding.core.config import ServingConfig
+from embedding.vectors.ann_index import EXACT_SEARCH_MAX_ITEMS as EXACT_SEARCH_MAX_ITEMS
+from embedding.vectors.ann_index import (
+    INDEX_FILE,
+    INDEX_META_FILE,
+    AnnIndexError,
+    build_index,
+    load_index,
+)
+from embedding.vectors.parquet_io import VECTORS_FILE
 from embedding.vectors.versions import (
     MANIFEST,
     VERSIONS,
@@ -54,7 +61,6 @@ from embedding.vectors.versions import (
 )
 from embedding.vectors.versions import NoCurrentVersionError as NoCurrentVersionError
 from embedding.vectors.versions import read_current as read_current
-from embedding.vectors_io import VECTORS_FILE
 from serving.columns import IdColumn, IdIndex, MarketColumn
 
 logger = logging.getLogger(__name__)

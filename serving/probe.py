@@ -26,9 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from embedding import PROJECT_ROOT
-from embedding.errors import EmbeddingError
+from embedding.core.errors import EmbeddingError
+from embedding.vectors.parquet_io import VECTORS_FILE
 from embedding.vectors.versions import VERSIONS, read_current
-from embedding.vectors_io import VECTORS_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import httpx
 
-from embedding.config import ServingConfig
-from embedding.errors import EmbeddingError
+from embedding.core.config import ServingConfig
+from embedding.core.errors import EmbeddingError
 from embedding.vectors.versions import (
     NoCurrentVersionError,
     VersionError,

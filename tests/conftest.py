@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 
 import logging  # noqa: E402
 
-from embedding.config import Config, load_config  # noqa: E402
+from embedding.core.config import Config, load_config  # noqa: E402
 
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
@@ -68,7 +68,7 @@ def day_markers(work: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="session")
 def spark():
-    from embedding.config import SparkConfig
+    from embedding.core.config import SparkConfig
     from jobs.spark import get_spark
 
     session = get_spark(SparkConfig(master="local[2]", driver_memory="2g", shuffle_partitions=2))
@@ -79,7 +79,7 @@ def spark():
 @pytest.fixture(scope="session")
 def generated_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `standard` profile log: 200k events over 8 days (the same as `make run`'s sample)."""
-    from embedding.generate import generate_clicklog
+    from embedding.devtools.generate import generate_clicklog
 
     out = tmp_path_factory.mktemp("gen") / "clicks"
     generate_clicklog(out, events=200_000, days=8, profile="standard", seed=7)
@@ -89,12 +89,13 @@ def generated_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def generated_run(generated_log: Path, tmp_path_factory: pytest.TempPathFactory, spark) -> dict:
     """The whole pipeline once over the generated log (CLI path), shared by several tests."""
-    from embedding.pipeline import resolve_paths, run_pipeline
+    from embedding.stages.pipeline import resolve_paths, run_pipeline
+    from jobs.sessionize import run_sessionize
 
     cfg = small_config()
     root = tmp_path_factory.mktemp("pub")
     paths = resolve_paths(cfg, generated_log, root)
-    result = run_pipeline(cfg, paths)
+    result = run_pipeline(cfg, paths, sessionize=run_sessionize)
     return {"cfg": cfg, "paths": paths, "result": result, "root": root}
 
 

@@ -43,8 +43,8 @@ class Published:
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
     """One version published by project code; the tests below read it without project code."""
-    from embedding.publish import publish_version
-    from embedding.train_w2v import ItemVectors, normalize_rows
+    from embedding.vectors.item_vectors import ItemVectors, normalize_rows
+    from embedding.vectors.publish import publish_version
 
     rng = np.random.default_rng(20260108)
     # ids handed over out of order, so a lookup by id cannot pass by row position

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedding.ann_index import (
+from embedding.core.checksum import file_sha256
+from embedding.core.config import ServingConfig
+from embedding.vectors.ann_index import (
     EXACT_SEARCH_MAX_ITEMS,
     INDEX_FILE,
     INDEX_META_FILE,
@@ -21,10 +23,8 @@ from embedding.ann_index import (
     save_index,
     write_version_index,
 )
-from embedding.checksum import file_sha256
-from embedding.config import ServingConfig
-from embedding.publish import MANIFEST, VERSIONS, publish_version
-from embedding.train_w2v import ItemVectors
+from embedding.vectors.item_vectors import ItemVectors
+from embedding.vectors.publish import MANIFEST, VERSIONS, publish_version
 from serving.model import LoadedVersion, VersionLoadError, load_version
 
 DIM = 32

@@ -2,7 +2,8 @@
 moves a real serving process to the new version.
 
 ``dag.test()`` (test_serving_refresh) runs the DAG in-process; here the Asset schedule itself
-is exercised: api-server, scheduler and dag-processor on 127.0.0.1 (``embedding.airflow_local``)
+is exercised: api-server, scheduler and dag-processor on 127.0.0.1
+(``embedding.devtools.airflow_local``)
 with a metadata DB of their own. The event is recorded as the publish task's outlet would
 record it, but through the REST API (``POST /api/v2/assets/events``), so the daily DAG stays
 paused and trains nothing. The service runs in this process with polling off, so only the
@@ -20,8 +21,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from embedding.airflow_local import AirflowComponentError, LocalAirflow, free_port
-from embedding.config import ServingConfig
+from embedding.core.config import ServingConfig
+from embedding.devtools.airflow_local import AirflowComponentError, LocalAirflow, free_port
 from serving.app import create_app
 from serving.refresh import URL_ENV
 from tests.test_serving_reload import V1, V2, serve, write_version

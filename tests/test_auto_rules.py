@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from bench.frozen_eval import expected_ranks
-from embedding.auto_params import derived_dim, derived_epochs, derived_sample, resolve
-from embedding.config import GateConfig, SourceConfig, Word2VecParams
-from embedding.errors import InputError
-from embedding.evaluate import bootstrap_lift, check_gate
+from embedding.core.config import GateConfig, SourceConfig, Word2VecParams
+from embedding.core.errors import InputError
+from embedding.quality.evaluate import bootstrap_lift, check_gate
+from embedding.train.auto_params import derived_dim, derived_epochs, derived_sample, resolve
 from jobs.ingest import resolve_columns
 from jobs.sessionize import outlier_days
 

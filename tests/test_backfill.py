@@ -3,7 +3,7 @@ by one, and rerunning a day changes nothing.
 
 In Airflow 3 a backfill (``airflow backfill create``) is a set of queued runs that the
 scheduler starts and its LocalExecutor carries out, not ``dag.test()``: this test starts
-api-server, scheduler and dag-processor on 127.0.0.1 (``embedding.airflow_local``) with a
+api-server, scheduler and dag-processor on 127.0.0.1 (``embedding.devtools.airflow_local``) with a
 metadata DB of their own, apart from the in-process one of ``dag.test()`` (conftest's
 ``airflow_db``). Tiny data: 30k events over 3 days, training in its deterministic mode
 (one worker, fixed hash seed), so the vectors' checksums can be compared.
@@ -21,8 +21,8 @@ import yaml
 from conftest import ROOT, day_markers
 from test_dag import write_dag_conf
 
-from embedding import publish
-from embedding.airflow_local import LocalAirflow, free_port
+from embedding.devtools.airflow_local import LocalAirflow, free_port
+from embedding.vectors import publish
 
 DAG_ID = "item_embeddings"
 DAYS = [date(2026, 1, 1), date(2026, 1, 2), date(2026, 1, 3)]
@@ -100,7 +100,7 @@ def test_backfill_by_the_scheduler_equals_days_run_one_by_one_and_a_rerun_change
 ) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
-    from embedding.generate import generate_clicklog
+    from embedding.devtools.generate import generate_clicklog
 
     monkeypatch.setenv("EMBEDDING_RETRIES", "0")  # read at parse time: a failure fails at once
     clicks = tmp_path / "clicks"

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from embedding.baselines import (
+from embedding.quality.baselines import (
     MISS,
     cooccurrence_counts,
     cooccurrence_ranks,
     ppmi_matrix,
     ppmi_svd_vectors,
 )
-from embedding.evaluate import MISS as EVALUATE_MISS
+from embedding.quality.evaluate import MISS as EVALUATE_MISS
 
 # a b c | b a a c | d : "a a" is a repeat, never a self pair; d co-occurs with nothing
 SESSIONS = [["a", "b", "c"], ["b", "a", "a", "c"], ["d"]]

@@ -26,7 +26,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_cluster_output_equals_local(cluster, spark, tmp_path: Path) -> None:
-    from embedding.generate import generate_clicklog
+    from embedding.devtools.generate import generate_clicklog
 
     clicks = tmp_path / "clicks"
     generate_clicklog(clicks, events=5_000, days=2, seed=5)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from embedding import PROJECT_ROOT
-from embedding.checksum import OUTPUT_ROOTS, SESSIONIZE_ROOTS, output_modules, source_hash
-from embedding.publish import version_id
+from embedding.core.checksum import OUTPUT_ROOTS, SESSIONIZE_ROOTS, output_modules, source_hash
+from embedding.vectors.publish import version_id
 
 
 @pytest.fixture
@@ -40,14 +40,14 @@ def _ids(tree: Path) -> tuple[str, str]:
 
 EDITS_KEEPING_IDS = {
     "a CLI message": ("embedding/cli.py", "no CURRENT version; publish one first", "nothing yet"),
-    "the local Airflow launcher": ("embedding/airflow_local.py", '"""', '"""Edited. '),
-    "the log generator": ("embedding/generate.py", '"""', '"""Edited. '),
+    "the local Airflow launcher": ("embedding/devtools/airflow_local.py", '"""', '"""Edited. '),
+    "the log generator": ("embedding/devtools/generate.py", '"""', '"""Edited. '),
     "the neighbours service": ("serving/model.py", '"""', '"""Edited. '),
-    "a kill point": ("embedding/chaos.py", '"""', '"""Edited. '),
+    "a kill point": ("embedding/core/chaos.py", '"""', '"""Edited. '),
 }
 EDITS_CHANGING_IDS = {
-    "training code": ("embedding/train_w2v.py", '"""', '"""Edited. '),
-    "the fine-tune": ("embedding/finetune.py", '"""', '"""Edited. '),
+    "training code": ("embedding/train/w2v.py", '"""', '"""Edited. '),
+    "the fine-tune": ("embedding/train/finetune.py", '"""', '"""Edited. '),
     "sessionizing code": ("jobs/sessionize.py", '"""', '"""Edited. '),
 }
 
@@ -76,12 +76,14 @@ def test_editing_code_that_shapes_the_output_changes_version_ids(tree: Path, edi
 
 
 def test_a_module_a_stage_starts_importing_joins_the_hash(tree: Path) -> None:
-    helper = tree / "embedding" / "new_helper.py"
+    helper = tree / "embedding" / "train" / "new_helper.py"
     helper.write_text("FACTOR = 1\n")
     assert helper not in output_modules(OUTPUT_ROOTS, tree)
     before = source_hash(OUTPUT_ROOTS, tree)
     _edit(
-        tree / "embedding" / "train_w2v.py", "\nimport ", "\nimport embedding.new_helper\nimport "
+        tree / "embedding" / "train" / "w2v.py",
+        "\nimport ",
+        "\nimport embedding.train.new_helper\nimport ",
     )
     assert helper in output_modules(OUTPUT_ROOTS, tree)
     assert source_hash(OUTPUT_ROOTS, tree) != before

@@ -6,13 +6,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedding.cold_start import (
+from embedding.quality.cold_start import (
     cold_start_vectors,
     item_meta,
     measure_cold_start,
     with_cold_start,
 )
-from embedding.train_w2v import ItemVectors, normalize_rows
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 
 def table(rows: list[tuple]) -> pa.Table:
@@ -74,7 +74,7 @@ def test_measurement_beats_random_when_metadata_carries_the_signal() -> None:
 
 def test_trained_only_read_drops_cold_start_rows(tmp_path) -> None:
     """The gate re-scores the previous version without its cold-start rows, as the candidate."""
-    from embedding.vectors_io import read_vectors, write_vectors
+    from embedding.vectors.parquet_io import read_vectors, write_vectors
 
     rng = np.random.default_rng(0)
     vectors = ItemVectors(["a", "b", "c"], normalize_rows(rng.normal(size=(3, 4))), np.ones(3, int))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from embedding.completeness import IncompleteDataError, check_interval, judge_day
-from embedding.config import CompletenessConfig
-from embedding.window import day_marker_path
+from embedding.core.config import CompletenessConfig
+from embedding.core.workdir import day_marker_path
+from embedding.quality.completeness import IncompleteDataError, check_interval, judge_day
 
 CFG = CompletenessConfig()
 
@@ -67,7 +67,7 @@ def test_with_little_history_the_check_is_skipped_and_says_so(
 ) -> None:
     write_markers(tmp_path, {**history(2), "2026-01-03": 10})  # tiny, but nothing to compare
 
-    with caplog.at_level(logging.INFO, logger="embedding.completeness"):
+    with caplog.at_level(logging.INFO, logger="embedding.quality.completeness"):
         verdict = check_interval(CFG, tmp_path, date(2026, 1, 3), date(2026, 1, 4))
 
     assert verdict.days[0].status == "skipped"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from embedding.config import Config, load_config, parse_override
-from embedding.errors import ConfigError
+from embedding.core.config import Config, load_config, parse_override
+from embedding.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "conf" / "default.yaml"
@@ -19,7 +19,7 @@ def test_default_yaml_loads_with_its_values() -> None:
     cfg = load_config(DEFAULT)
     assert isinstance(cfg, Config)
     assert cfg.seed == 42
-    # corpus-size knobs are derived from the data unless set (embedding.auto_params)
+    # corpus-size knobs are derived from the data unless set (embedding.train.auto_params)
     assert cfg.word2vec.vector_size is None
     assert cfg.word2vec.sample is None and cfg.word2vec.epochs is None
     assert cfg.word2vec.negative == 10

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedding.config import Word2VecParams
-from embedding.corpus import ParquetSessionCorpus
-from embedding.errors import InputError
-from embedding.train_w2v import SessionCorpus, train_word2vec
+from embedding.core.config import Word2VecParams
+from embedding.core.errors import InputError
+from embedding.train.corpus import ParquetSessionCorpus
+from embedding.train.w2v import SessionCorpus, train_word2vec
 
 
 def write_sessions(path: Path, rows: list[tuple[str, list[str], list[str] | None]]) -> Path:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from embedding import publish
+from embedding.vectors import publish
 
 EXPECTED_TASKS = {
     "item_embeddings": {
@@ -137,7 +137,7 @@ def test_dag_end_to_end_a_killed_training_reruns_to_the_same_output_a_failed_gat
 ) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
-    from embedding.generate import generate_clicklog
+    from embedding.devtools.generate import generate_clicklog
 
     monkeypatch.setenv("EMBEDDING_RETRIES", "0")  # read at parse time: the kill fails the run
     clicks = tmp_path / "clicks"
@@ -261,7 +261,7 @@ def test_run_parameters_may_tune_the_model_but_never_name_files_hosts_or_secrets
 
 
 def test_run_parameters_within_the_allow_list_are_accepted() -> None:
-    from embedding.run_params import allowed_override_key, checked_run_params
+    from embedding.core.run_params import allowed_override_key, checked_run_params
 
     conf, overrides = checked_run_params(
         {"conf": "default.yaml", "overrides": ["word2vec.epochs=3", "seed=7"]}, "env.yaml"

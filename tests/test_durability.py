@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from embedding import publish
 from embedding.cli import main
-from embedding.config import ServingConfig
-from embedding.train_w2v import ItemVectors, normalize_rows
+from embedding.core.config import ServingConfig
+from embedding.vectors import publish
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 OLD = "20260105-aaaaaaaa"
 NEW = "20260106-bbbbbbbb"
@@ -139,7 +139,7 @@ def test_a_dag_runs_lease_keeps_a_cli_writer_out_between_its_tasks_until_it_expi
 def test_the_lease_admits_tasks_of_its_own_run_or_interval_and_its_last_task_releases_it(
     tmp_path: Path,
 ) -> None:
-    from embedding.lock import LockHeldError, exclusive, lock_is_free, read_lease
+    from embedding.core.lock import LockHeldError, exclusive, lock_is_free, read_lease
 
     roots = [tmp_path / "work", tmp_path / "publish"]
     scope = "item_embeddings 2026-01-08..2026-01-09"

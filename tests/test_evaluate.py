@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedding.config import EvaluateConfig, GateConfig
-from embedding.evaluate import (
+from embedding.core.config import EvaluateConfig, GateConfig
+from embedding.quality.evaluate import (
     MISS,
     check_gate,
     embedding_ranks,
@@ -23,8 +23,8 @@ from embedding.evaluate import (
     popularity_ranks,
     ranking_metrics,
 )
-from embedding.train_w2v import ItemVectors, normalize_rows
-from embedding.window import split_holdout
+from embedding.quality.holdout import split_holdout
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -301,7 +301,7 @@ def test_three_way_split_is_a_partition_with_no_leak() -> None:
 
 
 def test_selection_picks_the_better_candidate_on_validation() -> None:
-    from embedding.evaluate import select_on_validation
+    from embedding.quality.evaluate import select_on_validation
 
     val = sessions_table([("v1", "2026-01-02", 0, ["a", "b", "a", "b"])])
     rows = np.eye(3, dtype=np.float32)
@@ -320,7 +320,7 @@ def test_selection_picks_the_better_candidate_on_validation() -> None:
 
 
 def test_retention_deletes_only_days_before_the_cutoff(tmp_path: Path) -> None:
-    from embedding.window import apply_retention, day_marker_path
+    from embedding.core.workdir import apply_retention, day_marker_path
 
     for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
         for table in ("sessions", "booking_pairs"):
@@ -341,7 +341,7 @@ def test_retention_deletes_only_days_before_the_cutoff(tmp_path: Path) -> None:
 def test_retention_cleans_up_what_an_interrupted_day_rewrite_left_behind(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from embedding.window import apply_retention
+    from embedding.core.workdir import apply_retention
 
     for name in ("dt=2026-01-03", "dt=2026-01-03.old"):  # a crash between the two renames
         (tmp_path / "sessions" / name).mkdir(parents=True)

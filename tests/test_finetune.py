@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from embedding.config import FinetuneParams
-from embedding.finetune import (
+from embedding.core.config import FinetuneParams
+from embedding.train.finetune import (
     FinetuneStats,
     build_market_index,
     contrastive_logits,
@@ -26,7 +26,7 @@ from embedding.finetune import (
     sample_hard_negatives,
     triplet_loss,
 )
-from embedding.train_w2v import ItemVectors, normalize_rows
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 N_ITEMS, DIM = 200, 16
 N_PAIRED = 50  # items 0..49 appear in booking pairs, 50..199 never do

@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from embedding.errors import InputError
-from embedding.generate import PROFILES, GenerateResult, generate_clicklog
+from embedding.core.errors import InputError
+from embedding.devtools.generate import PROFILES, GenerateResult, generate_clicklog
 
 START = datetime.date(2026, 1, 1)
 GAP_US = 30 * 60 * 1_000_000  # the pipeline's default sessionization gap

@@ -11,8 +11,8 @@ import pytest
 from conftest import small_config
 from test_session_rules import PLAIN, ev, write_log
 
-from embedding.errors import ConfigError, InputError
-from embedding.window import load_table
+from embedding.core.errors import ConfigError, InputError
+from embedding.core.workdir import load_table
 from jobs.sessionize import run_sessionize
 
 DAYS = [date(2026, 1, 1), date(2026, 1, 2)]

@@ -13,11 +13,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from embedding import publish
-from embedding.checksum import file_sha256
-from embedding.pipeline import run_pipeline
-from embedding.train_w2v import ItemVectors, normalize_rows
-from embedding.vectors_io import VECTORS_FILE, read_vectors
+from embedding.core.checksum import file_sha256
+from embedding.stages.pipeline import run_pipeline
+from embedding.vectors import publish
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
+from embedding.vectors.parquet_io import VECTORS_FILE, read_vectors
+from jobs.sessionize import run_sessionize
 
 pytestmark = pytest.mark.slow
 
@@ -99,8 +100,8 @@ def test_gate_refuses_a_broken_model_that_falls_below_the_previous_version(
 
     from conftest import small_config
 
-    from embedding.errors import QualityGateError
-    from embedding.pipeline import Paths
+    from embedding.core.errors import QualityGateError
+    from embedding.stages.pipeline import Paths
 
     work = tmp_path / "work"
     shutil.copytree(generated_run["paths"].work_dir, work)
@@ -133,7 +134,7 @@ def test_rerun_finds_the_version_already_published(generated_run: dict) -> None:
     version = generated_run["result"]["publish"]["version"]
     vectors = root / "versions" / version / VECTORS_FILE
     before = file_sha256(vectors)
-    again = run_pipeline(cfg, paths)
+    again = run_pipeline(cfg, paths, sessionize=run_sessionize)
     assert again["publish"]["version"] == version
     assert again["publish"]["already_published"] is True
     assert file_sha256(vectors) == before
@@ -141,7 +142,7 @@ def test_rerun_finds_the_version_already_published(generated_run: dict) -> None:
 
 
 def test_failed_gate_records_the_candidate_and_keeps_current(generated_run: dict) -> None:
-    from embedding.errors import QualityGateError
+    from embedding.core.errors import QualityGateError
 
     paths, root = generated_run["paths"], generated_run["root"]
     current = publish.current_or_none(root)
@@ -149,7 +150,7 @@ def test_failed_gate_records_the_candidate_and_keeps_current(generated_run: dict
         update={"gate": generated_run["cfg"].gate.model_copy(update={"min_value": 0.99})}
     )
     with pytest.raises(QualityGateError, match="quality gate failed") as failure:
-        run_pipeline(strict, paths)
+        run_pipeline(strict, paths, sessionize=run_sessionize)
     assert failure.value.exit_code == 3
     assert publish.current_or_none(root) == current
     rejected = [p.name for p in (root / publish.REJECTED).iterdir()]
@@ -272,7 +273,7 @@ def test_report_command_regenerates_a_version_report(generated_run: dict, tmp_pa
 def test_published_vectors_are_chosen_on_validation_and_training_never_sees_held_out(
     generated_run: dict,
 ) -> None:
-    from embedding.pipeline import RunPlan, load_window
+    from embedding.stages.pipeline import RunPlan, load_window
 
     cfg, result = generated_run["cfg"], generated_run["result"]
     metrics = result["metrics"]
@@ -314,7 +315,7 @@ def test_a_crashed_publish_leaves_no_staging_folder_behind_for_long(
         (folder / "item_vectors.parquet").write_bytes(b"half")
     two_hours_ago = time.time() - 7200
     os.utime(stale, (two_hours_ago, two_hours_ago))
-    with caplog.at_level(logging.WARNING, logger="embedding.publish"):
+    with caplog.at_level(logging.WARNING, logger="embedding.vectors.publish"):
         publish.publish_version(tmp_path, "20260103-cccccccc", _vectors(), {}, {})
     assert not stale.exists() and young.exists()
     assert str(stale) in caplog.text

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedding import publish
 from embedding.cli import main
-from embedding.errors import InputError, PublishError
-from embedding.train_w2v import ItemVectors, normalize_rows
-from embedding.vectors_io import VECTORS_FILE
+from embedding.core.errors import InputError, PublishError
+from embedding.vectors import publish
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
+from embedding.vectors.parquet_io import VECTORS_FILE
 
 GOOD = "20260105-aaaaaaaa"
 BAD = "20260108-bbbbbbbb"
@@ -46,7 +46,7 @@ def _publish(root: Path, version: str, seed: int = 0, **kwargs) -> publish.Publi
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` but the writer lock (``embedding.lock``: it names its last
+    """Every file under ``root`` but the writer lock (``embedding.core.lock``: it names its last
     holder, and a refused command took it)."""
     return {
         str(p.relative_to(root)): p.read_bytes()
@@ -248,12 +248,12 @@ def test_retention_failure_does_not_fail_the_publish(
 
 
 def test_keep_versions_is_configured_and_does_not_change_version_ids() -> None:
-    from embedding.config import load_config
+    from embedding.core.config import load_config
 
     base = load_config(None)
     assert base.publish.keep_versions == 10
     assert load_config(None, ["publish.keep_versions=3"]).fingerprint() == base.fingerprint()
-    from embedding.errors import ConfigError
+    from embedding.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"publish\.keep_versions"):
         load_config(None, ["publish.keep_versions=1"])

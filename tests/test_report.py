@@ -2,7 +2,7 @@
 the validation-split selection and the InfoNCE vs triplet loss comparison.
 
 Parsed with the stdlib ``HTMLParser``; ~200 random unit vectors in 3 markets, a hand-made
-metrics dict shaped as ``embedding.evaluate`` and the pipeline write it (with the comparison
+metrics dict shaped as ``embedding.quality.evaluate`` and the pipeline write it (with the comparison
 candidate ``finetuned_triplet`` and ``selection``), fine-tune stats shaped as the manifest's.
 """
 
@@ -15,14 +15,14 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from embedding.report import (
+from embedding.quality.report import (
     ReportData,
     candidates,
     loss_comparison_section,
     render_report,
     selection_section,
 )
-from embedding.train_w2v import ItemVectors, normalize_rows
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 SECTIONS = [
     "summary",
@@ -455,7 +455,7 @@ def test_loss_comparison_read_from_the_finetune_stats(data: ReportData) -> None:
 
 
 def test_without_comparison_or_selection_the_sections_say_so(data: ReportData) -> None:
-    # built as embedding.pipeline.version_report built it before these fields existed
+    # built as embedding.stages.pipeline.version_report built it before these fields existed
     bare = ReportData(
         version=data.version,
         metrics={

@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedding.rerank import MISS, booked_item_ranks, impression_rerank
-from embedding.train_w2v import ItemVectors, normalize_rows
+from embedding.quality.rerank import MISS, booked_item_ranks, impression_rerank
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 CONVERSIONS_SCHEMA = pa.schema(
     [

@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 import serving.model
-from embedding import publish
 from embedding.alerts import post_webhook
-from embedding.ann_index import build_index, save_index
-from embedding.checksum import file_sha256
-from embedding.errors import PublishError
+from embedding.core.checksum import file_sha256
+from embedding.core.errors import PublishError
+from embedding.vectors import publish
+from embedding.vectors.ann_index import build_index, save_index
 from serving.app import create_app
 from serving.model import VersionLoadError
 from tests.test_serving_reload import CFG, DIM, V1, write_version

@@ -22,8 +22,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from embedding import PROJECT_ROOT
-from embedding.checksum import file_sha256
-from embedding.config import ServingConfig
+from embedding.core.checksum import file_sha256
+from embedding.core.config import ServingConfig
 from serving.app import create_app, reload
 from serving.model import EXACT_SEARCH_MAX_ITEMS, VersionLoadError, load_version
 from serving.probe import free_port

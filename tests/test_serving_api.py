@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 
-from embedding.checksum import file_sha256
-from embedding.config import ServingConfig
+from embedding.core.checksum import file_sha256
+from embedding.core.config import ServingConfig
 from serving.app import create_app
 from serving.model import LoadedVersion, load_version
 from serving.requests import (

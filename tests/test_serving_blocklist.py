@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedding.checksum import file_sha256
-from embedding.config import ServingConfig
+from embedding.core.checksum import file_sha256
+from embedding.core.config import ServingConfig
 from serving.app import create_app
 from serving.blocklist import BlocklistError, BlocklistWatcher, read_blocklist
 from tests.test_serving_reload import CFG, POLL_S, V1, serve, write_version

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from embedding.config import ServingConfig
+from embedding.core.config import ServingConfig
 from serving.app import create_app
 from serving.refresh import (
     URL_ENV,

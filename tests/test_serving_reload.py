@@ -29,8 +29,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import serving.reload
-from embedding.checksum import file_sha256
-from embedding.config import ServingConfig
+from embedding.core.checksum import file_sha256
+from embedding.core.config import ServingConfig
 from serving.app import create_app
 from serving.model import load_version
 from serving.probe import free_port

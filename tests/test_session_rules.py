@@ -19,8 +19,8 @@ from conftest import day_markers, small_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedding.errors import ConfigError, EmbeddingError, InputError
-from embedding.window import load_table
+from embedding.core.errors import ConfigError, EmbeddingError, InputError
+from embedding.core.workdir import load_table
 from jobs.sessionize import run_sessionize
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
@@ -275,7 +275,7 @@ def _files(work: Path) -> list[str]:
 def test_seven_day_run_equals_seven_one_day_runs_and_reruns_change_nothing(
     spark, tmp_path: Path
 ) -> None:
-    from embedding.generate import generate_clicklog
+    from embedding.devtools.generate import generate_clicklog
 
     clicks = tmp_path / "clicks"
     generate_clicklog(clicks, events=20_000, days=7, seed=11)
@@ -302,7 +302,7 @@ BAD_KINDS = {
 
 
 def test_one_percent_of_each_bad_kind_is_quarantined_exactly(spark, tmp_path: Path) -> None:
-    from embedding.generate import generate_clicklog
+    from embedding.devtools.generate import generate_clicklog
 
     log = tmp_path / "gen"
     generate_clicklog(log, events=10_000, days=2, profile="standard", seed=3)

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import small_config
 
-from embedding.errors import InputError
-from embedding.window import load_table
+from embedding.core.errors import InputError
+from embedding.core.workdir import load_table
 from jobs.sessionize import run_sessionize
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)

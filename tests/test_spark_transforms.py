@@ -11,7 +11,7 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from embedding.config import IngestConfig, SessionizeConfig
+from embedding.core.config import IngestConfig, SessionizeConfig
 from jobs import columns as C
 from jobs.ingest import flag_rows
 from jobs.sessionize import (

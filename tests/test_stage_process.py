@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from embedding.stage_process import (
+from embedding.stages.stage_process import (
     StageProcessError,
     describe_exit,
     pid_file,

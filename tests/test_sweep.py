@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from embedding.cli import main
-from embedding.config import Word2VecParams, load_config
-from embedding.errors import ConfigError
+from embedding.core.config import Word2VecParams, load_config
+from embedding.core.errors import ConfigError
 from embedding.sweep import SweepGrid, load_grid, trials
 
 
@@ -78,7 +78,7 @@ def test_cli_refuses_a_missing_grid_with_exit_2(tmp_path: Path, capsys) -> None:
 def test_sweep_ranks_trials_on_validation_and_writes_the_best_config(
     generated_run: dict, tmp_path: Path
 ) -> None:
-    from embedding.pipeline import RunPlan
+    from embedding.stages.pipeline import RunPlan
     from embedding.sweep import run_sweep
 
     cfg = generated_run["cfg"]

@@ -1,4 +1,4 @@
-"""Our own skip-gram trainer (embedding.train_sgns): what Airbnb's objective adds, on a real
+"""Our own skip-gram trainer (embedding.train.sgns): what Airbnb's objective adds, on a real
 generated log with planted markets and clusters (CPU; the CUDA path when a GPU is present)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from embedding.config import Word2VecParams
-from embedding.generate import GROUND_TRUTH_FILE, generate_clicklog
-from embedding.train_sgns import train_sgns, window_pairs
+from embedding.core.config import Word2VecParams
+from embedding.devtools.generate import GROUND_TRUTH_FILE, generate_clicklog
+from embedding.train.sgns import train_sgns, window_pairs
 
 PARAMS = Word2VecParams(trainer="torch", vector_size=32, window=3, negative=5, sample=1e-3,
                         epochs=6, ns_exponent=0.75, device="cpu")  # fmt: skip

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedding import publish
 from embedding.cli import main
-from embedding.config import ServingConfig
-from embedding.train_w2v import ItemVectors, normalize_rows
+from embedding.core.config import ServingConfig
+from embedding.vectors import publish
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 from embedding.vectors.versions import VersionError, verify_version
 from serving.model import VersionLoadError, load_version
 from serving.refresh import RefreshError, check_published

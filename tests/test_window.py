@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedding.errors import InputError
-from embedding.window import load_table
+from embedding.core.errors import InputError
+from embedding.core.workdir import load_table
 
 
 def write_day(work: Path, day: str, start_ts: pa.Array) -> None:

@@ -112,7 +112,7 @@ def test_shuffled_ids_score_at_popularity_or_below_and_the_gate_refuses_them(
 
 def _seconds_apart_log(tmp_path: Path) -> pd.DataFrame:
     """A generated log whose sessions' events are all 3 s apart (sessions 2 hours apart)."""
-    from embedding.generate import generate_clicklog
+    from embedding.devtools.generate import generate_clicklog
 
     out = tmp_path / "gen"
     generate_clicklog(out, events=30_000, days=4, profile="standard", seed=11)

@@ -1,7 +1,7 @@
 """Read and verify published versions: the one implementation every reader uses.
 
 Input: a publish root (CONTRACTS.md §2): ``CURRENT`` naming a version, ``versions/<version>/``
-holding ``manifest.json`` and the files it lists. The publisher (``embedding.publish``), the
+holding ``manifest.json`` and the files it lists. The publisher (``embedding.vectors.publish``), the
 service (``serving.model``), the serving refresh (``serving.refresh``) and the CLI all read
 through here, so a damaged version gets the same verdict from each of them.
 
@@ -21,9 +21,9 @@ import json
 import re
 from pathlib import Path, PurePosixPath
 
-from embedding.checksum import expected_sha256, file_sha256
-from embedding.errors import PublishError
-from embedding.vectors_io import VECTORS_FILE
+from embedding.core.checksum import expected_sha256, file_sha256
+from embedding.core.errors import PublishError
+from embedding.vectors.parquet_io import VECTORS_FILE
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from embedding import PROJECT_ROOT
-from embedding.errors import ConfigError
+from embedding.core.errors import ConfigError
 
 EVENT_KINDS = ("view", "click", "book")
 
@@ -117,7 +117,8 @@ class Word2VecParams(_Frozen):
     """gensim Word2Vec knobs; see gensim's docs for each. Tuning them matters a lot for recsys.
 
     ``vector_size``, ``sample`` and ``epochs`` left at None are derived from the training corpus
-    (``embedding.auto_params``); the values used are recorded in the manifest and the report."""
+    (``embedding.train.auto_params``); the values used are recorded in the manifest and the
+    report."""
 
     vector_size: int | None = Field(None, ge=2, le=4096)
     window: int = Field(5, ge=1)
@@ -131,7 +132,7 @@ class Word2VecParams(_Frozen):
     sg: Literal[0, 1] = 1  # 1 skip-gram, 0 CBOW
     workers: int = Field(2, ge=1)  # >1 is faster but not deterministic
     booked_oversample: int = Field(1, ge=1)  # booked sessions repeated this often in the stream
-    # gensim, or our own PyTorch trainer (embedding.train_sgns) with Airbnb's objective:
+    # gensim, or our own PyTorch trainer (embedding.train.sgns) with Airbnb's objective:
     trainer: Literal["gensim", "torch"] = "gensim"
     global_context: bool = True  # torch: a booked item is a context of its whole session
     market_negatives: int = Field(0, ge=0)  # torch: extra negatives from the centre's market
@@ -145,7 +146,7 @@ class Word2VecParams(_Frozen):
 
 class FinetuneParams(_Frozen):
     """Contrastive fine-tuning on booking pairs, kept close to the skip-gram vectors
-    (``embedding.finetune`` explains each knob)."""
+    (``embedding.train.finetune`` explains each knob)."""
 
     enabled: bool = True
     # what is trained on: booking pairs (context -> booked, Airbnb), click transitions (item ->
@@ -191,7 +192,7 @@ class EvaluateConfig(_Frozen):
     min_test_cases: int = Field(1000, ge=0)
     max_cases: int = Field(20000, ge=1)  # sampled with the seed when there are more
     batch_size: int = Field(2048, ge=1)
-    # count-based baselines scored on the same cases (embedding.baselines)
+    # count-based baselines scored on the same cases (embedding.quality.baselines)
     cooccurrence_window: int = Field(5, ge=1)  # items this close in a train session co-occur
     ppmi_svd: bool = True  # SVD of the PPMI co-occurrence matrix (Levy et al. 2015)
     ppmi_svd_dim: int | None = Field(None, ge=2)  # None: the trained vectors' dimension

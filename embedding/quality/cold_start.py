@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from embedding.train_w2v import ItemVectors, normalize_rows
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 logger = logging.getLogger(__name__)
 

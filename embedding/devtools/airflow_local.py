@@ -21,7 +21,8 @@ started (SIGTERM, then SIGKILL after a timeout). A component that dies raises
         airflow.cli("backfill", "create", "--dag-id", "item_embeddings", ...)
         states = airflow.wait_for_runs("item_embeddings", expected=3)
 
-``python -m embedding.airflow_local [--port 8080] [--home .airflow]`` runs the components in
+``python -m embedding.devtools.airflow_local [--port 8080] [--home .airflow]`` runs the
+components in
 the foreground with the project's DAGs until Ctrl-C, and prints the URL and how to log in.
 """
 
@@ -447,7 +448,7 @@ def _say(text: str, stream: IO[str] | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run Airflow with the project's DAGs in the foreground until Ctrl-C (``make airflow``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m embedding.airflow_local",
+        prog="python -m embedding.devtools.airflow_local",
         description="Airflow 3 (api-server, scheduler, dag-processor) on 127.0.0.1 with the "
         "project's DAGs, until Ctrl-C.",
     )

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from embedding.atomic import write_atomic
-from embedding.train_w2v import ItemVectors
+from embedding.core.atomic import write_atomic
+from embedding.vectors.item_vectors import ItemVectors
 
 VECTORS_FILE = "item_vectors.parquet"
 

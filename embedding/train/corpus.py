@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from embedding.errors import InputError
+from embedding.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from embedding import PROJECT_ROOT
-from embedding.errors import EmbeddingError
+from embedding.core.errors import EmbeddingError
 
 logger = logging.getLogger(__name__)
 
@@ -79,37 +81,75 @@ def run_stage_process(
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_path = run_dir / f"{stage}.plan.json"
     plan_path.write_text(json.dumps(plan, indent=1, sort_keys=True))
-    env = dict(os.environ)
+    command = stage_command(stage, conf, overrides, plan_path)
+    child = run_child(stage, command, pid_file(run_dir, stage), timeout_s)
+    if child.code != 0:
+        raise StageProcessError(
+            f"{stage} process {child.pid} {describe_exit(child.code)} after {child.seconds:.1f} s; "
+            f"a retry starts it again from scratch. Its last output:\n{child.output}"
+        )
+    return child.seconds
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    pid: int
+    code: int  # exit status; negative: killed by that signal
+    seconds: float
+    tail: list[str]  # its last TAIL_LINES lines of output
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.tail) or "(no output)"
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment with the project on PYTHONPATH, a fixed hash seed and ``extra``."""
+    env = {**os.environ, **(extra or {})}
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
     )
     # gensim seeds each word's initial vector with Python's hash(): a fixed hash seed is part
     # of a reproducible run (the Makefile exports 0 too)
     env.setdefault("PYTHONHASHSEED", "0")
-    command = stage_command(stage, conf, overrides, plan_path)
+    return env
+
+
+def run_child(
+    label: str,
+    command: list[str],
+    marker: Path,
+    timeout_s: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ChildResult:
+    """Run ``command`` from the project root, its output copied line by line into this log and
+    its pid in ``marker`` while it runs; killed with this process or past ``timeout_s``.
+
+    Raises:
+        StageProcessError: it ran past ``timeout_s``.
+    """
     started = time.monotonic()
     tail: list[str] = []
     process = subprocess.Popen(
         command,
         cwd=PROJECT_ROOT,
-        env=env,
+        env=child_env(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
     )
-    marker = pid_file(run_dir, stage)
     marker.write_text(f"{process.pid}\n")
-    logger.info("%s: running in process %d: %s", stage, process.pid, " ".join(command))
+    logger.info("%s: running in process %d: %s", label, process.pid, " ".join(command))
     try:
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()
-            logger.info("[%s %d] %s", stage, process.pid, line)
+            logger.info("[%s %d] %s", label, process.pid, line)
             tail = [*tail[-(TAIL_LINES - 1) :], line]
             if timeout_s is not None and time.monotonic() - started > timeout_s:
                 process.kill()
-                raise StageProcessError(f"{stage}: ran past its {timeout_s:.0f} s limit; killed")
+                raise StageProcessError(f"{label}: ran past its {timeout_s:.0f} s limit; killed")
         code = process.wait()
     finally:
         if process.poll() is None:  # we are being stopped: the child goes with us
@@ -117,11 +157,6 @@ def run_stage_process(
             process.wait()
         marker.unlink(missing_ok=True)
     seconds = time.monotonic() - started
-    if code != 0:
-        output = "\n".join(tail) or "(no output)"
-        raise StageProcessError(
-            f"{stage} process {process.pid} {describe_exit(code)} after {seconds:.1f} s; "
-            f"a retry starts it again from scratch. Its last output:\n{output}"
-        )
-    logger.info("%s: process %d done in %.1f s", stage, process.pid, seconds)
-    return seconds
+    if code == 0:
+        logger.info("%s: process %d done in %.1f s", label, process.pid, seconds)
+    return ChildResult(process.pid, code, seconds, tail)

@@ -22,7 +22,7 @@ The rules keep what a knob means to the items constant across corpus sizes:
 
 from __future__ import annotations
 
-from embedding.config import Word2VecParams
+from embedding.core.config import Word2VecParams
 
 SAMPLE_COUNT = 5.0
 SAMPLE_RANGE = (1e-4, 1e-3)

@@ -26,11 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedding.train_w2v import ItemVectors
+from embedding.vectors.item_vectors import ItemVectors
 
 logger = logging.getLogger(__name__)
 
-MISS = np.iinfo(np.int64).max  # as embedding.evaluate.MISS; kept here so evaluate can import us
+MISS = np.iinfo(
+    np.int64
+).max  # as embedding.quality.evaluate.MISS; kept here so evaluate can import us
 BASE_METHODS = ("onscreen", "popularity", "session")
 BY_POSITION_KEYS = ("n", "covered", "hr@10", "mrr@20", "mean_rank")
 CHUNK = 1 << 16  # flat elements gathered at once when scoring with vectors

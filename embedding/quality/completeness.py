@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-from embedding.config import CompletenessConfig
-from embedding.errors import InputError
-from embedding.window import read_marker
+from embedding.core.config import CompletenessConfig
+from embedding.core.errors import InputError
+from embedding.core.workdir import read_marker
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from embedding.atomic import write_text_atomic
-from embedding.errors import EmbeddingError
+from embedding.core.atomic import write_text_atomic
+from embedding.core.errors import EmbeddingError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ LEASE_FILE = ".lease.json"
 DEFAULT_LEASE_TTL_S = 1800.0
 POLL_S = 2.0
 _HELD: set[Path] = set()  # roots this process holds
+# roots the process that started this one holds (a job it launched works under its lock)
+HELD_ENV = "EMBEDDING_HELD_ROOTS"
 
 
 class LockHeldError(EmbeddingError):
@@ -264,7 +266,16 @@ def run_task(
 def held_here(root: Path | str) -> bool:
     """True when this process holds ``root`` (inside ``exclusive``): nobody else writes there,
     so whatever scratch it finds was left by a writer that died."""
-    return Path(root).resolve() in _HELD
+    path = Path(root).resolve()
+    if path in _HELD:
+        return True
+    inherited = os.environ.get(HELD_ENV, "").split(os.pathsep)
+    return str(path) in inherited and not lock_is_free(path)
+
+
+def held_env() -> dict[str, str]:
+    """The environment that tells a child process which roots this one holds for it."""
+    return {HELD_ENV: os.pathsep.join(str(p) for p in sorted(_HELD))}
 
 
 def lock_is_free(root: Path | str) -> bool:

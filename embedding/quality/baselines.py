@@ -3,7 +3,8 @@
 Input: training sessions (ordered item ids) and, for ranking, training item counts and next-item
 cases ``(a, b)``. Output: sorted item ids with a symmetric sparse co-occurrence matrix; the
 0-based rank of each case's target under "items seen with the query, backed off to popularity"
-(``MISS`` where it cannot be ranked, as in ``embedding.evaluate``); and ``ItemVectors`` from a
+(``MISS`` where it cannot be ranked, as in ``embedding.quality.evaluate``); and ``ItemVectors``
+from a
 truncated SVD of the positive PMI matrix (Levy, Goldberg & Dagan, TACL 2015), the classic
 count-based rival of skip-gram. Pure functions, no I/O; ``evaluate`` can rank with them beside
 the learned vectors.
@@ -19,12 +20,14 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from embedding.train_w2v import ItemVectors, normalize_rows
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 logger = logging.getLogger(__name__)
 
 SVD_TOL = 1e-3  # ARPACK's relative accuracy of the singular values
-MISS = np.iinfo(np.int64).max  # same marker as embedding.evaluate.MISS (not imported: no cycle)
+MISS = np.iinfo(
+    np.int64
+).max  # same marker as embedding.quality.evaluate.MISS (not imported: no cycle)
 
 
 def cooccurrence_counts(

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from embedding import PROJECT_ROOT
-from embedding.config import parse_override
-from embedding.errors import ConfigError
+from embedding.core.config import parse_override
+from embedding.core.errors import ConfigError
 
 CONF_DIRS_ENV = "EMBEDDING_CONF_DIRS"
 # whole sections of model knobs

@@ -38,14 +38,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
 
-from embedding import chaos
-from embedding.atomic import fsync_dir, fsync_tree, rename_durably
-from embedding.atomic import write_text_atomic as _write_atomic
-from embedding.checksum import file_sha256
-from embedding.checksum import source_hash as source_hash
-from embedding.errors import InputError, PublishError
-from embedding.lock import held_here
-from embedding.train_w2v import ItemVectors
+from embedding.core import chaos
+from embedding.core.atomic import fsync_dir, fsync_tree, rename_durably
+from embedding.core.atomic import write_text_atomic as _write_atomic
+from embedding.core.checksum import file_sha256
+from embedding.core.checksum import source_hash as source_hash
+from embedding.core.errors import InputError, PublishError
+from embedding.core.lock import held_here
+from embedding.vectors.item_vectors import ItemVectors
+from embedding.vectors.parquet_io import VECTORS_FILE, write_vectors
 from embedding.vectors.versions import (
     CURRENT,
     MANIFEST,
@@ -58,7 +59,6 @@ from embedding.vectors.versions import (
     version_day,
     version_names,
 )
-from embedding.vectors_io import VECTORS_FILE, write_vectors
 
 FaultHook = Callable[[str], None]
 

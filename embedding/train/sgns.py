@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from embedding.config import Word2VecParams
-from embedding.train_w2v import ItemVectors, normalize_rows
+from embedding.core.config import Word2VecParams
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def train_sgns(
 ) -> ItemVectors:
     """Train the Airbnb skip-gram on ``sessions`` (``booked[i]``: the booked items of session
     i; ``markets``: item -> market). ``params`` must have every knob set (see
-    ``embedding.auto_params``)."""
+    ``embedding.train.auto_params``)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)  # bit-identical on CPU

@@ -81,10 +81,10 @@ def parquet_content_hash(path: Path, sort_keys: Sequence[str]) -> str:
 # the code a published version's bytes come from: the stages and everything they import
 # (found by reading the imports, lazy ones included); developer tools, the CLI, the DAG files,
 # the serving layer and tests are outside it, so editing them leaves version ids unchanged
-OUTPUT_ROOTS = ("embedding.pipeline",)
+OUTPUT_ROOTS = ("embedding.stages.pipeline", "jobs.sessionize")
 SESSIONIZE_ROOTS = ("jobs.sessionize",)  # what a day marker's code hash covers
 # imported by the stages but never changing what they write: kill points, the writer lock
-NOT_OUTPUT = frozenset({"embedding.chaos", "embedding.lock"})
+NOT_OUTPUT = frozenset({"embedding.core.chaos", "embedding.core.lock"})
 _PACKAGES = ("embedding", "jobs")
 
 

@@ -54,7 +54,7 @@ def rename_durably(src: Path, dest: Path) -> None:
 
 def remove_temp_files(folder: Path) -> list[str]:
     """Remove the ``.<name>.<nonce>.tmp`` files a killed writer left in ``folder`` (call it
-    only where no other writer can be at work: see ``embedding.lock.held_here``)."""
+    only where no other writer can be at work: see ``embedding.core.lock.held_here``)."""
     removed = []
     for path in sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []:
         if path.is_file():

@@ -17,38 +17,14 @@ import logging
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from embedding import chaos
-from embedding.config import Word2VecParams
+from embedding.core import chaos
+from embedding.core.config import Word2VecParams
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ItemVectors:
-    """Queryable vectors, apart from the trainable model (as gensim's KeyedVectors)."""
-
-    ids: list[str]
-    vectors: np.ndarray  # (n_items, dim) float32, rows L2-normalised
-    counts: np.ndarray  # (n_items,) int64, occurrences in the training corpus
-
-    def __post_init__(self) -> None:
-        assert self.vectors.shape[0] == len(self.ids) == self.counts.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
-
-    def index(self) -> dict[str, int]:
-        return {item: row for row, item in enumerate(self.ids)}
-
-
-def normalize_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def stable_hash(text: str) -> int:
@@ -131,10 +107,10 @@ def train_word2vec(
     re-iterable of item lists (``SessionCorpus`` in memory, ``ParquetSessionCorpus`` streamed);
     one ``{"epoch", "loss", "words_per_s"}`` per epoch is appended to ``history`` when given.
     Knobs left at None (``vector_size``, ``sample``, ``epochs``) are derived from the corpus
-    (``embedding.auto_params``)."""
+    (``embedding.train.auto_params``)."""
     from gensim.models import Word2Vec
 
-    from embedding.auto_params import resolve_for_corpus
+    from embedding.train.auto_params import resolve_for_corpus
 
     params, derived = resolve_for_corpus(params, corpus)
     if derived:
@@ -160,7 +136,7 @@ def train_word2vec(
     n_seen, n_words = len(model.raw_vocab), model.corpus_total_words
     raw_counts = model.raw_vocab
     if len(model.wv) == 0:
-        from embedding.errors import InputError
+        from embedding.core.errors import InputError
 
         raise InputError(
             f"no item occurs word2vec.min_count={params.min_count} times in the "

@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from embedding import chaos
-from embedding.atomic import write_atomic, write_text_atomic
-from embedding.config import ServingConfig
-from embedding.errors import EmbeddingError
+from embedding.core import chaos
+from embedding.core.atomic import write_atomic, write_text_atomic
+from embedding.core.config import ServingConfig
+from embedding.core.errors import EmbeddingError
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def write_version_index(
     Returns:
         file name -> path of the files written (see ``save_index``).
     """
-    from embedding.vectors_io import VECTORS_FILE, read_vectors
+    from embedding.vectors.parquet_io import VECTORS_FILE, read_vectors
 
     item_vectors, _ = read_vectors(Path(folder) / VECTORS_FILE)
     n_items, dim = item_vectors.vectors.shape

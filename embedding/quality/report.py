@@ -1,6 +1,7 @@
 """A self-contained HTML report on one version of item vectors, for analysts.
 
-Input: a ``ReportData`` (the version id, the metrics dict of ``embedding.evaluate``, the gate
+Input: a ``ReportData`` (the version id, the metrics dict of
+``embedding.quality.evaluate``, the gate
 verdict, the ``ItemVectors``, each item's market, the per-epoch training histories, the fine-tune
 stats with the loss-comparison run, the resolved config and the data interval). Output: one HTML
 string with sections ``summary``, ``selection``, ``metrics``, ``previous``, ``by_position``,
@@ -33,7 +34,7 @@ from matplotlib.ticker import MaxNLocator
 matplotlib.use("Agg")  # no display; must precede the pyplot import
 import matplotlib.pyplot as plt
 
-from embedding.train_w2v import ItemVectors
+from embedding.vectors.item_vectors import ItemVectors
 
 CANDIDATES = ("word2vec", "finetuned")  # the publishable candidates, in order
 COMPARISON_PREFIX = "finetuned_"  # finetuned_<loss>: the loss-comparison variant, never published
@@ -65,11 +66,15 @@ pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; }
 
 @dataclass(frozen=True)
 class ReportData:
-    """Everything the report shows; shapes as in ``embedding.evaluate`` and the trainers' logs."""
+    """Everything the report shows; shapes as in ``embedding.quality.evaluate`` and the
+    trainers' logs."""
 
     version: str
-    metrics: dict  # embedding.evaluate.evaluate_candidates (+ "holdout", "published", "previous")
-    gate: dict  # embedding.evaluate.check_gate: passed, metric, value, required, reason, ...
+    # embedding.quality.evaluate.evaluate_candidates (+ "holdout", "published", "previous")
+    metrics: dict
+    gate: (
+        dict  # embedding.quality.evaluate.check_gate: passed, metric, value, required, reason, ...
+    )
     vectors: ItemVectors
     markets: Mapping[str, str | None]  # item_id -> market (None or absent: unknown)
     word2vec_history: Sequence[dict] = ()  # per epoch: epoch, loss, words_per_s

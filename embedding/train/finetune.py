@@ -58,9 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from embedding import chaos
-from embedding.config import FinetuneParams
-from embedding.train_w2v import ItemVectors, normalize_rows
+from embedding.core import chaos
+from embedding.core.config import FinetuneParams
+from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 logger = logging.getLogger(__name__)
 

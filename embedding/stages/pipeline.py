@@ -20,24 +20,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedding import chaos, publish
-from embedding.atomic import remove_temp_files, write_text_atomic
-from embedding.config import Config
-from embedding.errors import InputError, QualityGateError
-from embedding.lock import held_here
-from embedding.publish import FaultHook
-from embedding.train_w2v import ItemVectors
-from embedding.vectors_io import VECTORS_FILE, read_vectors, write_vectors
-from embedding.window import (
-    WindowData,
-    load_table,
-    missing_days,
-    read_marker,
-    split_holdout,
-    split_sessions,
-    table_files,
-)
-from embedding.window import window_days as list_window_days
+from embedding.core import chaos
+from embedding.core.atomic import remove_temp_files, write_text_atomic
+from embedding.core.config import Config
+from embedding.core.errors import InputError, QualityGateError
+from embedding.core.lock import held_here
+from embedding.core.workdir import load_table, missing_days, read_marker, table_files
+from embedding.core.workdir import window_days as list_window_days
+from embedding.quality.holdout import WindowData, split_holdout, split_sessions
+from embedding.stages.sessionize_app import Sessionizer, as_dict, submit_sessionize
+from embedding.vectors import publish
+from embedding.vectors.item_vectors import ItemVectors
+from embedding.vectors.parquet_io import VECTORS_FILE, read_vectors, write_vectors
+from embedding.vectors.publish import FaultHook
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +56,9 @@ def writer_lock(
     release: bool = False,
     wait_s: float | None = None,
 ):
-    """Hold the work folder and the publish root for one writer (``embedding.lock.exclusive``):
+    """Hold the work folder and the publish root for one writer (``embedding.core.lock.exclusive``):
     a CLI run for its life, a DAG task for its own and, through the lease, its whole run."""
-    from embedding.lock import exclusive
+    from embedding.core.lock import exclusive
 
     return exclusive([paths.work_dir, paths.publish_root], command, run, scope, release, wait_s)
 
@@ -117,13 +112,17 @@ class RunPlan:
         return cls(**data)
 
 
-def sessionize_stage(cfg: Config, paths: Paths, days: list[date] | None) -> dict:
-    """Validate the click log and build the sessions of ``days`` (None: all its days)."""
-    from jobs.sessionize import run_sessionize
+def sessionize_stage(
+    cfg: Config, paths: Paths, days: list[date] | None, job: Sessionizer | None = None
+) -> dict:
+    """Validate the click log and build the sessions of ``days`` (None: all its days).
 
+    ``job``: the sessionize job run in this process (``jobs.sessionize.run_sessionize``, passed
+    by callers that import ``jobs``); None launches it as an application of its own
+    (``embedding.stages.sessionize_app``)."""
     items = Path(paths.items) if paths.items else None
-    result = run_sessionize(cfg, Path(paths.input), Path(paths.work_dir), days, items)
-    return result.to_dict()
+    result = (job or submit_sessionize)(cfg, Path(paths.input), Path(paths.work_dir), days, items)
+    return as_dict(result)
 
 
 def days_to_sessionize(
@@ -227,7 +226,7 @@ REPORT_FILE = "report.html"
 
 def load_item_meta(plan: RunPlan):
     """The item table of the window (latest row per item), or None when the source has none."""
-    from embedding.cold_start import item_meta
+    from embedding.quality.cold_start import item_meta
 
     days = [date.fromisoformat(d) for d in plan.days]
     items = load_table(Path(plan.work_dir), "items", days)
@@ -238,7 +237,7 @@ def load_item_meta(plan: RunPlan):
 
 def cold_start_stage(cfg: Config, plan: RunPlan, trained: ItemVectors, meta) -> dict:
     """Cold-start vectors for the item table's untrained items, and how well they work."""
-    from embedding.cold_start import cold_start_vectors, measure_cold_start, with_cold_start
+    from embedding.quality.cold_start import cold_start_vectors, measure_cold_start, with_cold_start
 
     if meta is None or not cfg.cold_start.enabled:
         return {"enabled": cfg.cold_start.enabled, "n_table_items": 0, "n_cold_start": 0}
@@ -276,7 +275,7 @@ def _artefact(plan: RunPlan, name: str) -> Path:
 def training_corpus(cfg: Config, plan: RunPlan):
     """The training sessions of the window as a ``ParquetSessionCorpus``: the split is computed
     from the session keys alone, and validation and test sessions are skipped in the stream."""
-    from embedding.corpus import ParquetSessionCorpus
+    from embedding.train.corpus import ParquetSessionCorpus
 
     days = [date.fromisoformat(d) for d in plan.days]
     work = Path(plan.work_dir)
@@ -293,8 +292,8 @@ def training_corpus(cfg: Config, plan: RunPlan):
 def train_stage(cfg: Config, plan: RunPlan) -> str:
     """Skip-gram on the training sessions, streamed from their Parquet files (validation and
     test sessions skipped) -> ``word2vec.parquet`` in the run folder."""
-    from embedding.auto_params import resolve_for_corpus
-    from embedding.train_w2v import peak_rss_mb, train_word2vec
+    from embedding.train.auto_params import resolve_for_corpus
+    from embedding.train.w2v import peak_rss_mb, train_word2vec
 
     out = _artefact(plan, "word2vec.parquet")
     if plan.already_published:
@@ -303,7 +302,7 @@ def train_stage(cfg: Config, plan: RunPlan) -> str:
     history: list[dict] = []
     params, derived = resolve_for_corpus(cfg.word2vec, corpus)
     if params.trainer == "torch":
-        from embedding.train_sgns import train_sgns
+        from embedding.train.sgns import train_sgns
 
         train = load_window(cfg, plan).train_sessions
         vectors = train_sgns(
@@ -385,7 +384,7 @@ def finetune_stage(cfg: Config, plan: RunPlan) -> str:
     base, _ = read_vectors(_artefact(plan, "word2vec.parquet"))
     stats: dict = {"enabled": cfg.finetune.enabled}
     if cfg.finetune.enabled:
-        from embedding.finetune import finetune
+        from embedding.train.finetune import finetune
 
         data = load_window(cfg, plan)
         markets = item_markets(plan)
@@ -424,8 +423,8 @@ def refit_stage(cfg: Config, plan: RunPlan, chosen: str) -> tuple[ItemVectors, d
     test) with the settings the gated run used: the same resolved skip-gram knobs and, for the
     fine-tuned vectors, as many fine-tune epochs as validation chose. -> ``refit.parquet``
     (reused when a retried publish finds it)."""
-    from embedding.corpus import ParquetSessionCorpus
-    from embedding.train_w2v import train_word2vec
+    from embedding.train.corpus import ParquetSessionCorpus
+    from embedding.train.w2v import train_word2vec
 
     out = _artefact(plan, REFIT_FILE)
     days = [date.fromisoformat(d) for d in plan.days]
@@ -441,7 +440,7 @@ def refit_stage(cfg: Config, plan: RunPlan, chosen: str) -> tuple[ItemVectors, d
     sessions = load_table(work, "sessions", days)
     record["n_sessions"] = sessions.num_rows
     if params.trainer == "torch":
-        from embedding.train_sgns import train_sgns
+        from embedding.train.sgns import train_sgns
 
         vectors = train_sgns(sessions.column("item_ids").to_pylist(), params, cfg.seed,
                              booked=sessions.column("booked_items").to_pylist(),
@@ -452,7 +451,7 @@ def refit_stage(cfg: Config, plan: RunPlan, chosen: str) -> tuple[ItemVectors, d
         )
         vectors = train_word2vec(corpus, params, cfg.seed)
     if epochs > 0:
-        from embedding.finetune import finetune
+        from embedding.train.finetune import finetune
 
         everything = WindowData(sessions, sessions.slice(0, 0), sessions.slice(0, 0),
                                 load_table(work, "booking_pairs", days) or _no_pairs(),
@@ -484,7 +483,7 @@ def _candidates(cfg: Config, plan: RunPlan) -> dict[str, ItemVectors]:
 
 def evaluate_stage(cfg: Config, plan: RunPlan) -> dict:
     """Metrics of every candidate and the popularity baseline, and the gate verdict."""
-    from embedding.evaluate import (
+    from embedding.quality.evaluate import (
         check_gate,
         evaluate_candidates,
         score_previous,
@@ -559,7 +558,7 @@ def version_report(
     version: str, manifest: dict, vectors: ItemVectors, markets: dict, seed: int = 0
 ) -> str:
     """The HTML report of a version from its manifest fields and vectors (CONTRACTS §2)."""
-    from embedding.report import ReportData, render_report
+    from embedding.quality.report import ReportData, render_report
 
     data = ReportData(
         version=version,
@@ -608,8 +607,8 @@ def publish_stage(
     elif not evaluation["gate"]["passed"]:
         raise QualityGateError(f"refusing to publish {plan.version}: the gate did not pass")
     else:
-        from embedding.ann_index import write_version_index
-        from embedding.cold_start import with_cold_start
+        from embedding.quality.cold_start import with_cold_start
+        from embedding.vectors.ann_index import write_version_index
 
         chosen = evaluation["metrics"]["published"]
         final = _candidates(cfg, plan)[chosen]
@@ -618,7 +617,7 @@ def publish_stage(
         cold_file = _artefact(plan, COLD_START_FILE)
         extra = dict(extra or {})
         if cfg.evaluate.refit:
-            from embedding.cold_start import cold_start_vectors
+            from embedding.quality.cold_start import cold_start_vectors
 
             final, extra["refit"] = refit_stage(cfg, plan, chosen)
             meta = load_item_meta(plan)
@@ -658,15 +657,17 @@ def run_pipeline(
     paths: Paths,
     interval: tuple[date, date] | None = None,
     fault: FaultHook | None = None,
+    sessionize: Sessionizer | None = None,
 ) -> dict:
     """Every stage in order, as the DAG runs them (the CLI's ``run``).
 
-    ``interval`` None: the whole input, first day to last day plus one.
+    ``interval`` None: the whole input, first day to last day plus one. ``sessionize``: as
+    ``sessionize_stage``'s ``job``.
     """
     days = None
     if interval is not None:
         days = days_to_sessionize(cfg, paths, *interval)
-    ingest = sessionize_stage(cfg, paths, days)
+    ingest = sessionize_stage(cfg, paths, days, sessionize)
     if interval is None:
         interval = (
             date.fromisoformat(ingest["days"][0]),

@@ -4,7 +4,7 @@ Input: train and held-out test sessions, the test sessions' conversions, candida
 (skip-gram, fine-tuned). Output: a metrics dict and the quality-gate verdict. Next-item HR@10,
 HR@20, MRR@20, NDCG@10 on all cases and on the covered slice, for popularity, item co-occurrence,
 PPMI-SVD and every candidate; the booked-item rank by click position (Airbnb) and, when the source
-recorded the items on screen, the impression re-rank (trivago) from ``embedding.rerank``.
+recorded the items on screen, the impression re-rank (trivago) from ``embedding.quality.rerank``.
 
 A case is a consecutive pair (a -> b) in a test session's ``item_ids``. Every method ranks all
 candidate items for query ``a`` (``a`` itself excluded) and we record where ``b`` lands. A case
@@ -22,10 +22,10 @@ from itertools import pairwise
 import numpy as np
 import pyarrow as pa
 
-from embedding.baselines import cooccurrence_counts, cooccurrence_ranks, ppmi_svd_vectors
-from embedding.config import EvaluateConfig, GateConfig
-from embedding.rerank import booked_item_ranks, impression_rerank
-from embedding.train_w2v import ItemVectors
+from embedding.core.config import EvaluateConfig, GateConfig
+from embedding.quality.baselines import cooccurrence_counts, cooccurrence_ranks, ppmi_svd_vectors
+from embedding.quality.rerank import booked_item_ranks, impression_rerank
+from embedding.vectors.item_vectors import ItemVectors
 
 logger = logging.getLogger(__name__)
 
