@@ -88,7 +88,9 @@ def gate_on_shuffled(
     """The pipeline's evaluate and gate stages on this run's vectors with their ids shuffled."""
     from embedding.core.config import load_config
     from embedding.core.errors import QualityGateError
-    from embedding.stages.pipeline import RunPlan, evaluate_stage, gate_stage
+    from embedding.stages.evaluate import evaluate_stage, gate_stage
+    from embedding.stages.plan import RunPlan
+    from embedding.stages.results import ColdStart
     from embedding.vectors.parquet_io import read_vectors, write_vectors
 
     mapping = PROJECT_ROOT / spec.mapping if spec.mapping else None
@@ -117,10 +119,10 @@ def gate_on_shuffled(
     )  # fmt: skip
     evaluation = evaluate_stage(cfg, plan)
     try:
-        gate_stage(cfg, plan, evaluation)
-        return {"exit_code": 0, "reason": evaluation["gate"]["reason"]}
+        gate_stage(cfg, plan, evaluation, ColdStart(enabled=False))
+        return {"exit_code": 0, "reason": evaluation.gate.reason}
     except QualityGateError as exc:
-        return {"exit_code": exc.exit_code, "reason": evaluation["gate"]["reason"]}
+        return {"exit_code": exc.exit_code, "reason": evaluation.gate.reason}
 
 
 def mean_over_seeds(per_seed: list[dict]) -> dict:

@@ -1,7 +1,7 @@
 """Daily item-embedding DAG: sessionize -> completeness -> plan -> skip-gram -> fine-tune ->
-evaluate -> gate -> publish -> retention. Wiring only: every task imports its stage inside the
-body and calls one function of ``embedding``; XCom carries small dicts (paths, counts, metrics),
-never data. Skip-gram and fine-tune run in a child process each
+evaluate -> cold start -> gate -> publish -> retention. Wiring only: every task imports its stage
+inside the body and calls one function of ``embedding``; XCom carries small dicts (paths,
+counts, metrics), never data. Skip-gram and fine-tune run in a child process each
 (``embedding.stages.stage_process``), so they can be killed and are retried from scratch. A
 failed task logs one ``ALERT`` line (and
 posts it to ``EMBEDDING_ALERT_WEBHOOK`` when set). Environment: ``EMBEDDING_CONF`` (config
@@ -61,7 +61,7 @@ def _writer(cfg, release: bool = False):
     from airflow.exceptions import AirflowFailException
 
     from embedding.core.lock import default_wait_s, lease_ttl_s, run_task
-    from embedding.stages.pipeline import resolve_paths
+    from embedding.stages.plan import resolve_paths
 
     context = get_current_context()
     start, end = _interval()
@@ -106,7 +106,8 @@ def item_embeddings():
 
     @task
     def sessionize() -> dict:
-        from embedding.stages.pipeline import days_to_sessionize, resolve_paths, sessionize_stage
+        from embedding.stages.plan import days_to_sessionize, resolve_paths
+        from embedding.stages.sessionize import sessionize_stage
         from jobs.sessionize import run_sessionize
 
         cfg = _config()
@@ -114,13 +115,13 @@ def item_embeddings():
         start, end = _interval()
         days = days_to_sessionize(cfg, paths, start, end)
         with _writer(cfg):
-            return sessionize_stage(cfg, paths, days, job=run_sessionize)
+            return sessionize_stage(cfg, paths, days, job=run_sessionize).to_dict()
 
     @task(execution_timeout=timedelta(minutes=5))
     def completeness(ingest: dict) -> dict:
         """Fail on a partial or missing day before anything trains on it."""
         from embedding.quality.completeness import check_interval
-        from embedding.stages.pipeline import resolve_paths
+        from embedding.stages.plan import resolve_paths
 
         cfg = _config()
         start, end = _interval()
@@ -133,7 +134,7 @@ def item_embeddings():
 
     @task
     def plan(ingest: dict, checked: dict) -> dict:
-        from embedding.stages.pipeline import plan_run, resolve_paths
+        from embedding.stages.plan import plan_run, resolve_paths
 
         cfg = _config()
         _, end = _interval()
@@ -159,34 +160,63 @@ def item_embeddings():
 
     @task
     def evaluate(run: dict) -> dict:
-        from embedding.stages.pipeline import RunPlan, evaluate_stage
+        from embedding.stages.evaluate import evaluate_stage
+        from embedding.stages.plan import RunPlan
 
         cfg = _config()
         with _writer(cfg):
-            return evaluate_stage(cfg, RunPlan.from_dict(run))
+            return evaluate_stage(cfg, RunPlan.from_dict(run)).to_dict()
+
+    @task
+    def cold_start(run: dict, evaluation: dict) -> dict:
+        """Vectors for the item table's untrained items, from the chosen candidate."""
+        from embedding.stages.cold_start import cold_start_stage
+        from embedding.stages.plan import RunPlan
+        from embedding.stages.results import Evaluation
+
+        cfg = _config()
+        with _writer(cfg):
+            plan = RunPlan.from_dict(run)
+            return cold_start_stage(cfg, plan, Evaluation.from_dict(evaluation)).to_dict()
 
     @task(retries=0)
-    def gate(run: dict, evaluation: dict, ingest: dict) -> dict:
-        from embedding.stages.pipeline import RunPlan, gate_stage
+    def gate(run: dict, evaluation: dict, cold: dict, ingest: dict) -> dict:
+        from embedding.stages.evaluate import gate_stage
+        from embedding.stages.plan import RunPlan
+        from embedding.stages.results import ColdStart, Evaluation
 
         cfg = _config()
         with _writer(cfg):  # retries=0: a failed gate ends the run and releases its lease
-            gate_stage(cfg, RunPlan.from_dict(run), evaluation, {"ingest": ingest})
+            gate_stage(
+                cfg,
+                RunPlan.from_dict(run),
+                Evaluation.from_dict(evaluation),
+                ColdStart.from_dict(cold),
+                {"ingest": ingest},
+            )
         return evaluation
 
     @task(outlets=[PUBLISHED])
-    def publish(run: dict, evaluation: dict, ingest: dict) -> dict:
-        from embedding.stages.pipeline import RunPlan, publish_stage
+    def publish(run: dict, evaluation: dict, cold: dict, ingest: dict) -> dict:
+        from embedding.stages.plan import RunPlan
+        from embedding.stages.publish import publish_stage
+        from embedding.stages.results import ColdStart, Evaluation
 
         cfg = _config()
         with _writer(cfg):
-            return publish_stage(cfg, RunPlan.from_dict(run), evaluation, {"ingest": ingest})
+            return publish_stage(
+                cfg,
+                RunPlan.from_dict(run),
+                Evaluation.from_dict(evaluation),
+                ColdStart.from_dict(cold),
+                {"ingest": ingest},
+            ).to_dict()
 
     @task
     def retention(published: dict) -> list[str]:
         """Delete session partitions older than window.retention_days before the interval end."""
         from embedding.core.workdir import apply_retention
-        from embedding.stages.pipeline import resolve_paths
+        from embedding.stages.plan import resolve_paths
 
         cfg = _config()
         with _writer(cfg, release=True):  # the run's last task: its lease ends here
@@ -199,7 +229,8 @@ def item_embeddings():
     ingest = sessionize()
     run = plan(ingest, completeness(ingest))
     evaluated = evaluate(finetune(train(run)))
-    retention(publish(run, gate(run, evaluated, ingest), ingest))
+    cold = cold_start(run, evaluated)
+    retention(publish(run, gate(run, evaluated, cold, ingest), cold, ingest))
 
 
 item_embeddings()

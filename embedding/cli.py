@@ -181,7 +181,8 @@ def format_metrics(metrics: dict) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from embedding.stages.pipeline import resolve_paths, run_pipeline, writer_lock
+    from embedding.stages.pipeline import run_pipeline
+    from embedding.stages.plan import resolve_paths, writer_lock
 
     cfg = _load(args)
     if not args.input.exists():
@@ -191,30 +192,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     paths = resolve_paths(cfg, args.input, args.publish_root, args.work_dir, args.items)
     with writer_lock(paths, "python -m embedding run", wait_s=args.wait):
         result = run_pipeline(cfg, paths)
-    pub = result["publish"]
-    ingest = result["ingest"]
-    state = "already published" if pub["already_published"] else "published"
-    print(f"{state}: {pub['version']} -> {pub['path']}")
-    print(f"CURRENT: {pub['current']}")
+    pub, ingest, gate = result.published, result.ingest, result.evaluation.gate
+    state = "already published" if pub.already_published else "published"
+    print(f"{state}: {pub.version} -> {pub.path}")
+    print(f"CURRENT: {pub.current}")
     print(
-        f"input: {ingest['rows_read']} rows, {ingest['events_valid']} item events, "
-        f"dropped {sum(ingest['dropped_by_type'].values())} {ingest['dropped_by_type']}, "
-        f"quarantined {sum(ingest['quarantined_by_reason'].values())} "
-        f"{ingest['quarantined_by_reason']}; {ingest['sessions']} sessions, "
-        f"{ingest['booking_pairs']} booking pairs"
+        f"input: {ingest.rows_read} rows, {ingest.events_valid} item events, "
+        f"dropped {sum(ingest.dropped_by_type.values())} {ingest.dropped_by_type}, "
+        f"quarantined {sum(ingest.quarantined_by_reason.values())} "
+        f"{ingest.quarantined_by_reason}; {ingest.sessions} sessions, "
+        f"{ingest.booking_pairs} booking pairs"
     )
-    if ingest.get("item_table"):
-        table = ingest["item_table"]
+    if ingest.item_table:
+        table = ingest.item_table
         print(
             f"item table: {table['rows_read']} rows, {table['items']} items, "
             f"{table['duplicates']} duplicates, quarantined {table['quarantined_by_reason']}"
         )
-    for line in format_metrics(result["metrics"]):
+    for line in format_metrics(result.metrics):
         print(line)
-    print(
-        f"gate: {'passed' if result['gate'].get('passed') else 'failed'}: "
-        f"{result['gate'].get('reason')}"
-    )
+    print(f"gate: {'passed' if gate.passed else 'failed'}: {gate.reason}")
     return 0
 
 
@@ -235,7 +232,8 @@ def _gate_summary(gate: dict) -> str:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from embedding.stages.pipeline import LAST_PUBLISH, resolve_paths
+    from embedding.stages.plan import resolve_paths
+    from embedding.stages.publish import LAST_PUBLISH
     from embedding.vectors.publish import REJECTED, read_pin, version_names
     from embedding.vectors.versions import MANIFEST, VERSIONS, current_or_none
 
@@ -387,7 +385,8 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from embedding.core.lock import exclusive
-    from embedding.stages.pipeline import plan_run, resolve_paths, sessionize_stage
+    from embedding.stages.plan import plan_run, resolve_paths
+    from embedding.stages.sessionize import sessionize_stage
     from embedding.sweep import format_table, load_grid, run_sweep
 
     cfg = _load(args)
@@ -395,8 +394,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     paths = resolve_paths(cfg, args.input, args.publish_root, args.work_dir, args.items)
     with exclusive([paths.work_dir], "python -m embedding sweep", wait_s=args.wait):
         ingest = sessionize_stage(cfg, paths, None)
-        start = datetime.date.fromisoformat(ingest["days"][0])
-        end = datetime.date.fromisoformat(ingest["days"][-1]) + datetime.timedelta(days=1)
+        start = datetime.date.fromisoformat(ingest.days[0])
+        end = datetime.date.fromisoformat(ingest.days[-1]) + datetime.timedelta(days=1)
         window_start = max(start, end - datetime.timedelta(days=cfg.window.days))
         plan = plan_run(cfg, paths, window_start, end)
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
@@ -409,7 +408,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from embedding.stages.pipeline import version_report
+    from embedding.stages.publish import version_report
     from embedding.vectors.parquet_io import VECTORS_FILE, read_vectors
     from embedding.vectors.publish import REJECTED
     from embedding.vectors.versions import MANIFEST, verify_version
@@ -429,7 +428,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from embedding.stages.pipeline import RunPlan, finetune_stage, train_stage
+    from embedding.stages.plan import RunPlan
+    from embedding.stages.train import finetune_stage, train_stage
 
     cfg = _load(args)
     try:

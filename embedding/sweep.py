@@ -127,7 +127,7 @@ def run_sweep(
     cfg: Config, plan, grid: SweepGrid, out_dir: Path, score_test: bool = False
 ) -> list[dict]:
     """Train and score every trial; returns the rows ranked by the validation metric."""
-    from embedding.stages.pipeline import load_window, training_corpus
+    from embedding.stages.inputs import load_window, training_corpus
     from embedding.train.w2v import train_word2vec
 
     data = load_window(cfg, plan)

@@ -26,7 +26,6 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from embedding.core.atomic import fsync_dir, fsync_tree, write_text_atomic
 from embedding.core.checksum import SESSIONIZE_ROOTS, source_hash, table_content_hash
 from embedding.core.config import Config, SessionizeConfig
 from embedding.core.errors import EmbeddingError, InputError
+from embedding.core.ingest_summary import SessionizeResult
 from embedding.core.lock import held_here
 from embedding.core.workdir import (
     BOOKING_PAIRS,
@@ -325,43 +325,6 @@ def items_from_shown(sessions: DataFrame) -> DataFrame:
         (F.sum(F.col("price") * F.col("n_shown")) / F.sum("n_shown")).alias("price"),
         F.sum("n_shown").alias("n_shown"),
     )
-
-
-@dataclass
-class SessionizeResult:
-    """What a sessionize run read and wrote; every input row is counted in exactly one place:
-    rows_read = dropped + quarantined + duplicates + outside_days + events_valid, and
-    events_valid = short_dwell_dropped + short_session_events + session_events, where the kept
-    sessions' events are session_items + collapsed_repeats + truncated_events."""
-
-    days: list[str]
-    work_dir: str
-    rows_read: int = 0
-    dropped_by_type: dict[str, int] = field(default_factory=dict)
-    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
-    duplicates: int = 0
-    outside_days: int = 0
-    events_valid: int = 0
-    short_dwell_dropped: int = 0
-    short_sessions: int = 0
-    short_session_events: int = 0
-    session_events: int = 0
-    session_items: int = 0
-    collapsed_repeats: int = 0
-    truncated_sessions: int = 0
-    truncated_events: int = 0
-    sessions_cut_at_midnight: int = 0
-    sessions: int = 0
-    conversions: int = 0
-    booking_pairs: int = 0
-    quarantine_path: str | None = None
-    item_table: dict | None = None  # jobs.items.ItemTableResult, when an item table was given
-    kept_days: list[str] = field(default_factory=list)  # complete days the input lacks: kept
-    user_salt_source: str | None = None  # "env:<NAME>" or "file": nothing derived from it
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _count_by(frame: DataFrame, column: str) -> dict[str, int]:

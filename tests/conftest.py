@@ -89,7 +89,8 @@ def generated_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def generated_run(generated_log: Path, tmp_path_factory: pytest.TempPathFactory, spark) -> dict:
     """The whole pipeline once over the generated log (CLI path), shared by several tests."""
-    from embedding.stages.pipeline import resolve_paths, run_pipeline
+    from embedding.stages.pipeline import run_pipeline
+    from embedding.stages.plan import resolve_paths
     from jobs.sessionize import run_sessionize
 
     cfg = small_config()

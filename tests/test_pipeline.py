@@ -34,7 +34,7 @@ def same_cluster_share(vectors: ItemVectors, cluster_of: dict[str, str], k: int 
 
 def test_run_publishes_a_complete_version(generated_run: dict) -> None:
     result, root = generated_run["result"], generated_run["root"]
-    version = result["publish"]["version"]
+    version = result.published.version
     assert publish.current_or_none(root) == version
     assert version.startswith("20260108-")
     manifest = publish.verify_version(root / "versions" / version)
@@ -72,7 +72,7 @@ def test_vectors_recover_the_planted_clusters(generated_run: dict, generated_log
 
 
 def test_finetuned_beats_popularity_on_the_holdout(generated_run: dict) -> None:
-    metrics = generated_run["result"]["metrics"]
+    metrics = generated_run["result"].metrics
     assert metrics["holdout"] == "last_day (2026-01-08)"
     assert metrics["finetuned"]["hr@10"] > metrics["popularity"]["hr@10"]
     assert metrics["word2vec"]["hr@10"] > metrics["popularity"]["hr@10"]
@@ -80,7 +80,7 @@ def test_finetuned_beats_popularity_on_the_holdout(generated_run: dict) -> None:
 
 
 def test_every_method_is_scored_on_the_same_cases(generated_run: dict) -> None:
-    metrics = generated_run["result"]["metrics"]
+    metrics = generated_run["result"].metrics
     assert metrics["baselines"] == ["popularity", "cooccurrence", "ppmi_svd"]
     for name in (*metrics["baselines"], "word2vec", "finetuned"):
         assert metrics[name]["n"] == metrics["n_cases"] > 0
@@ -90,7 +90,7 @@ def test_every_method_is_scored_on_the_same_cases(generated_run: dict) -> None:
     assert booked["overall"]["n"] > 0 and len(booked["by_position"]) == 10
     assert "impression_rerank" not in metrics  # the generator records no impressions
     assert metrics["previous"] is None  # the first version here
-    assert "no previous version" in generated_run["result"]["gate"]["reason"]
+    assert "no previous version" in generated_run["result"].evaluation.gate.reason
 
 
 def test_gate_refuses_a_broken_model_that_falls_below_the_previous_version(
@@ -101,7 +101,7 @@ def test_gate_refuses_a_broken_model_that_falls_below_the_previous_version(
     from conftest import small_config
 
     from embedding.core.errors import QualityGateError
-    from embedding.stages.pipeline import Paths
+    from embedding.stages.plan import Paths
 
     work = tmp_path / "work"
     shutil.copytree(generated_run["paths"].work_dir, work)
@@ -109,8 +109,8 @@ def test_gate_refuses_a_broken_model_that_falls_below_the_previous_version(
     good = run_pipeline(
         small_config(**{"window.days": 7}), paths, (date(2026, 1, 1), date(2026, 1, 8))
     )
-    first = good["publish"]["version"]
-    assert first.startswith("20260107-") and good["metrics"]["previous"] is None
+    first = good.published.version
+    assert first.startswith("20260107-") and good.metrics["previous"] is None
 
     broken = small_config(**{"window.days": 7, "word2vec.epochs": 1, "word2vec.alpha": 0.0001,
                              "finetune.enabled": False, "gate.min_value": 0.0,
@@ -131,12 +131,12 @@ def test_gate_refuses_a_broken_model_that_falls_below_the_previous_version(
 
 def test_rerun_finds_the_version_already_published(generated_run: dict) -> None:
     cfg, paths, root = generated_run["cfg"], generated_run["paths"], generated_run["root"]
-    version = generated_run["result"]["publish"]["version"]
+    version = generated_run["result"].published.version
     vectors = root / "versions" / version / VECTORS_FILE
     before = file_sha256(vectors)
     again = run_pipeline(cfg, paths, sessionize=run_sessionize)
-    assert again["publish"]["version"] == version
-    assert again["publish"]["already_published"] is True
+    assert again.published.version == version
+    assert again.published.already_published is True
     assert file_sha256(vectors) == before
     assert publish.current_or_none(root) == version
 
@@ -273,10 +273,10 @@ def test_report_command_regenerates_a_version_report(generated_run: dict, tmp_pa
 def test_published_vectors_are_chosen_on_validation_and_training_never_sees_held_out(
     generated_run: dict,
 ) -> None:
-    from embedding.stages.pipeline import RunPlan, load_window
+    from embedding.stages.inputs import load_window
 
     cfg, result = generated_run["cfg"], generated_run["result"]
-    metrics = result["metrics"]
+    metrics = result.metrics
     selection = metrics["selection"]
     assert selection["metric"] == "hr@10" and selection["n_cases"] > 0
     assert set(selection["scores"]) == {"word2vec", "finetuned"}  # the comparison is not a choice
@@ -285,7 +285,7 @@ def test_published_vectors_are_chosen_on_validation_and_training_never_sees_held
     assert metrics["published"] == selection["chosen"]
     assert "latest 10%" in selection["split"]
 
-    plan = RunPlan.from_dict(result["plan"])
+    plan = result.plan
     data = load_window(cfg, plan)
     manifest = publish.verify_version(Path(plan.publish_root) / "versions" / plan.version)
     w2v = manifest["word2vec"]

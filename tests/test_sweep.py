@@ -78,11 +78,10 @@ def test_cli_refuses_a_missing_grid_with_exit_2(tmp_path: Path, capsys) -> None:
 def test_sweep_ranks_trials_on_validation_and_writes_the_best_config(
     generated_run: dict, tmp_path: Path
 ) -> None:
-    from embedding.stages.pipeline import RunPlan
     from embedding.sweep import run_sweep
 
     cfg = generated_run["cfg"]
-    plan = RunPlan.from_dict(generated_run["result"]["plan"])
+    plan = generated_run["result"].plan
     grid = SweepGrid(params={"epochs": [1, 8]}, fixed={"workers": 1, "vector_size": 16},
                      include=[{"name": "text-defaults", "epochs": 1, "min_count": 5}])  # fmt: skip
     ranked = run_sweep(cfg, plan, grid, tmp_path / "out")
