@@ -43,8 +43,10 @@ from embedding.core.config import Config, load_config
 from embedding.core.errors import InputError
 from embedding.core.workdir import BOOKING_PAIRS, CONVERSIONS, ITEM_STATS, SESSIONS
 from jobs import columns as C
+from jobs.days import commit_day, day_partition
 from jobs.ingest import MAX_TS, MIN_TS, inspect_input
-from jobs.sessionize import TABLES, SessionizeResult, commit_day, day_partition
+from jobs.sessionize import SessionizeResult
+from jobs.sessions import TABLES
 from jobs.user_hash import hmac_pads, resolve_salt
 
 logger = logging.getLogger("bench.duckdb_sessionize")

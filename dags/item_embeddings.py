@@ -79,6 +79,139 @@ def _writer(cfg, release: bool = False):
     )
 
 
+# the tasks, one stage each; item_embeddings() below wires them
+
+
+@task
+def sessionize() -> dict:
+    from embedding.stages.plan import days_to_sessionize, resolve_paths
+    from embedding.stages.sessionize import sessionize_stage
+    from jobs.sessionize import run_sessionize
+
+    cfg = _config()
+    paths = resolve_paths(cfg)
+    start, end = _interval()
+    days = days_to_sessionize(cfg, paths, start, end)
+    with _writer(cfg):
+        return sessionize_stage(cfg, paths, days, job=run_sessionize).to_dict()
+
+
+@task(execution_timeout=timedelta(minutes=5))
+def completeness(ingest: dict) -> dict:
+    """Fail on a partial or missing day before anything trains on it."""
+    from embedding.quality.completeness import check_interval
+    from embedding.stages.plan import resolve_paths
+
+    cfg = _config()
+    start, end = _interval()
+    with _writer(cfg):
+        verdict = check_interval(cfg.completeness, Path(resolve_paths(cfg).work_dir), start, end)
+        verdict.raise_for_failure()
+    return verdict.to_dict()
+
+
+@task
+def plan(ingest: dict, checked: dict) -> dict:
+    from embedding.stages.plan import plan_run, resolve_paths
+
+    cfg = _config()
+    _, end = _interval()
+    start = end - timedelta(days=cfg.window.days)
+    with _writer(cfg):
+        return plan_run(cfg, resolve_paths(cfg), start, end).to_dict()
+
+
+@task
+def train(run: dict) -> dict:
+    from embedding.stages.stage_process import run_stage_process
+
+    with _writer(_config()):
+        run_stage_process("train", *_conf_args(), run)
+    return run
+
+
+@task
+def finetune(run: dict) -> dict:
+    from embedding.stages.stage_process import run_stage_process
+
+    with _writer(_config()):
+        run_stage_process("finetune", *_conf_args(), run)
+    return run
+
+
+@task
+def evaluate(run: dict) -> dict:
+    from embedding.stages.evaluate import evaluate_stage
+    from embedding.stages.plan import RunPlan
+
+    cfg = _config()
+    with _writer(cfg):
+        return evaluate_stage(cfg, RunPlan.from_dict(run)).to_dict()
+
+
+@task
+def cold_start(run: dict, evaluation: dict) -> dict:
+    """Vectors for the item table's untrained items, from the chosen candidate."""
+    from embedding.stages.cold_start import cold_start_stage
+    from embedding.stages.plan import RunPlan
+    from embedding.stages.results import Evaluation
+
+    cfg = _config()
+    with _writer(cfg):
+        plan = RunPlan.from_dict(run)
+        return cold_start_stage(cfg, plan, Evaluation.from_dict(evaluation)).to_dict()
+
+
+@task(retries=0)
+def gate(run: dict, evaluation: dict, cold: dict, ingest: dict) -> dict:
+    from embedding.stages.evaluate import gate_stage
+    from embedding.stages.plan import RunPlan
+    from embedding.stages.results import ColdStart, Evaluation
+
+    cfg = _config()
+    with _writer(cfg):  # retries=0: a failed gate ends the run and releases its lease
+        gate_stage(
+            cfg,
+            RunPlan.from_dict(run),
+            Evaluation.from_dict(evaluation),
+            ColdStart.from_dict(cold),
+            {"ingest": ingest},
+        )
+    return evaluation
+
+
+@task(outlets=[PUBLISHED])
+def publish(run: dict, evaluation: dict, cold: dict, ingest: dict) -> dict:
+    from embedding.stages.plan import RunPlan
+    from embedding.stages.publish import publish_stage
+    from embedding.stages.results import ColdStart, Evaluation
+
+    cfg = _config()
+    with _writer(cfg):
+        return publish_stage(
+            cfg,
+            RunPlan.from_dict(run),
+            Evaluation.from_dict(evaluation),
+            ColdStart.from_dict(cold),
+            {"ingest": ingest},
+        ).to_dict()
+
+
+@task
+def retention(published: dict) -> list[str]:
+    """Delete session partitions older than window.retention_days before the interval end."""
+    from embedding.core.workdir import apply_retention
+    from embedding.stages.plan import resolve_paths
+
+    cfg = _config()
+    with _writer(cfg, release=True):  # the run's last task: its lease ends here
+        removed = apply_retention(
+            Path(resolve_paths(cfg).work_dir), _interval()[1], cfg.window.retention_days
+        )
+    logging.getLogger(__name__).info("retention: removed %d days %s", len(removed), removed)
+    return removed
+
+
 @dag(
     dag_id="item_embeddings",
     schedule=DAILY,
@@ -103,129 +236,6 @@ def _writer(cfg, release: bool = False):
 )
 def item_embeddings():
     """Train, evaluate and publish item vectors for one day's data interval."""
-
-    @task
-    def sessionize() -> dict:
-        from embedding.stages.plan import days_to_sessionize, resolve_paths
-        from embedding.stages.sessionize import sessionize_stage
-        from jobs.sessionize import run_sessionize
-
-        cfg = _config()
-        paths = resolve_paths(cfg)
-        start, end = _interval()
-        days = days_to_sessionize(cfg, paths, start, end)
-        with _writer(cfg):
-            return sessionize_stage(cfg, paths, days, job=run_sessionize).to_dict()
-
-    @task(execution_timeout=timedelta(minutes=5))
-    def completeness(ingest: dict) -> dict:
-        """Fail on a partial or missing day before anything trains on it."""
-        from embedding.quality.completeness import check_interval
-        from embedding.stages.plan import resolve_paths
-
-        cfg = _config()
-        start, end = _interval()
-        with _writer(cfg):
-            verdict = check_interval(
-                cfg.completeness, Path(resolve_paths(cfg).work_dir), start, end
-            )
-            verdict.raise_for_failure()
-        return verdict.to_dict()
-
-    @task
-    def plan(ingest: dict, checked: dict) -> dict:
-        from embedding.stages.plan import plan_run, resolve_paths
-
-        cfg = _config()
-        _, end = _interval()
-        start = end - timedelta(days=cfg.window.days)
-        with _writer(cfg):
-            return plan_run(cfg, resolve_paths(cfg), start, end).to_dict()
-
-    @task
-    def train(run: dict) -> dict:
-        from embedding.stages.stage_process import run_stage_process
-
-        with _writer(_config()):
-            run_stage_process("train", *_conf_args(), run)
-        return run
-
-    @task
-    def finetune(run: dict) -> dict:
-        from embedding.stages.stage_process import run_stage_process
-
-        with _writer(_config()):
-            run_stage_process("finetune", *_conf_args(), run)
-        return run
-
-    @task
-    def evaluate(run: dict) -> dict:
-        from embedding.stages.evaluate import evaluate_stage
-        from embedding.stages.plan import RunPlan
-
-        cfg = _config()
-        with _writer(cfg):
-            return evaluate_stage(cfg, RunPlan.from_dict(run)).to_dict()
-
-    @task
-    def cold_start(run: dict, evaluation: dict) -> dict:
-        """Vectors for the item table's untrained items, from the chosen candidate."""
-        from embedding.stages.cold_start import cold_start_stage
-        from embedding.stages.plan import RunPlan
-        from embedding.stages.results import Evaluation
-
-        cfg = _config()
-        with _writer(cfg):
-            plan = RunPlan.from_dict(run)
-            return cold_start_stage(cfg, plan, Evaluation.from_dict(evaluation)).to_dict()
-
-    @task(retries=0)
-    def gate(run: dict, evaluation: dict, cold: dict, ingest: dict) -> dict:
-        from embedding.stages.evaluate import gate_stage
-        from embedding.stages.plan import RunPlan
-        from embedding.stages.results import ColdStart, Evaluation
-
-        cfg = _config()
-        with _writer(cfg):  # retries=0: a failed gate ends the run and releases its lease
-            gate_stage(
-                cfg,
-                RunPlan.from_dict(run),
-                Evaluation.from_dict(evaluation),
-                ColdStart.from_dict(cold),
-                {"ingest": ingest},
-            )
-        return evaluation
-
-    @task(outlets=[PUBLISHED])
-    def publish(run: dict, evaluation: dict, cold: dict, ingest: dict) -> dict:
-        from embedding.stages.plan import RunPlan
-        from embedding.stages.publish import publish_stage
-        from embedding.stages.results import ColdStart, Evaluation
-
-        cfg = _config()
-        with _writer(cfg):
-            return publish_stage(
-                cfg,
-                RunPlan.from_dict(run),
-                Evaluation.from_dict(evaluation),
-                ColdStart.from_dict(cold),
-                {"ingest": ingest},
-            ).to_dict()
-
-    @task
-    def retention(published: dict) -> list[str]:
-        """Delete session partitions older than window.retention_days before the interval end."""
-        from embedding.core.workdir import apply_retention
-        from embedding.stages.plan import resolve_paths
-
-        cfg = _config()
-        with _writer(cfg, release=True):  # the run's last task: its lease ends here
-            removed = apply_retention(
-                Path(resolve_paths(cfg).work_dir), _interval()[1], cfg.window.retention_days
-            )
-        logging.getLogger(__name__).info("retention: removed %d days %s", len(removed), removed)
-        return removed
-
     ingest = sessionize()
     run = plan(ingest, completeness(ingest))
     evaluated = evaluate(finetune(train(run)))

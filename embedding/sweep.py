@@ -191,16 +191,9 @@ def run_sweep(
         logger.info(
             "sweep trial %d/%d [%s]: val %s %.4f (popularity %.4f), %d items, trained in %.1f s; "
             "ETA %.0f s",
-            n,
-            len(todo),
-            name,
-            grid.metric,
-            row["val"][grid.metric],
-            popularity[grid.metric],
-            row["n_items"],
-            row["train_s"],
-            elapsed / n * (len(todo) - n),
-        )
+            n, len(todo), name, grid.metric, row["val"][grid.metric], popularity[grid.metric],
+            row["n_items"], row["train_s"], elapsed / n * (len(todo) - n),
+        )  # fmt: skip
         _write(out_dir, header, rank_rows(rows, grid.metric), cfg)
     ranked = rank_rows(rows, grid.metric)
     _write(out_dir, header, ranked, cfg)

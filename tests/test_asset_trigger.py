@@ -22,7 +22,8 @@ import yaml
 from conftest import ROOT
 
 from embedding.core.config import ServingConfig
-from embedding.devtools.airflow_local import AirflowComponentError, LocalAirflow, free_port
+from embedding.devtools.airflow_env import free_port
+from embedding.devtools.airflow_local import AirflowComponentError, LocalAirflow
 from serving.app import create_app
 from serving.refresh import URL_ENV
 from tests.test_serving_reload import V1, V2, serve, write_version

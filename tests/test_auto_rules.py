@@ -11,8 +11,8 @@ from embedding.core.config import GateConfig, SourceConfig, Word2VecParams
 from embedding.core.errors import InputError
 from embedding.quality.evaluate import bootstrap_lift, check_gate
 from embedding.train.auto_params import derived_dim, derived_epochs, derived_sample, resolve
+from jobs.days import outlier_days
 from jobs.ingest import resolve_columns
-from jobs.sessionize import outlier_days
 
 
 def test_sample_keeps_a_fixed_threshold_count_within_bounds() -> None:

@@ -21,7 +21,8 @@ import yaml
 from conftest import ROOT, day_markers
 from test_dag import write_dag_conf
 
-from embedding.devtools.airflow_local import LocalAirflow, free_port
+from embedding.devtools.airflow_env import free_port
+from embedding.devtools.airflow_local import LocalAirflow
 from embedding.vectors import publish
 
 DAG_ID = "item_embeddings"

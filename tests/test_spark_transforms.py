@@ -14,7 +14,7 @@ from pyspark.testing import assertDataFrameEqual
 from embedding.core.config import IngestConfig, SessionizeConfig
 from jobs import columns as C
 from jobs.ingest import flag_rows
-from jobs.sessionize import (
+from jobs.sessions import (
     build_sessions,
     cut_sessions,
     drop_short_dwell,
@@ -88,7 +88,7 @@ def test_cut_sessions_marks_a_session_cut_only_by_midnight(spark: SparkSession) 
 
 
 def _session(spark: SparkSession, events: list[tuple[int, str, str]]) -> DataFrame:
-    """One session's ``all_events`` as ``_ordered_events`` builds it: (seconds, item, event)."""
+    """One session's ``all_events`` as ``ordered_events`` builds it: (seconds, item, event)."""
     structs = [
         Row(ts=T0 + timedelta(seconds=s), seq=0, item_id=i, event=e, market="m1",
             shown_items=None, shown_prices=None, midnight=False)

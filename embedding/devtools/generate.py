@@ -37,12 +37,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedding.core.errors import InputError
+from embedding.devtools.catalogue import PROFILES, Catalogue, Profile, build_catalogue
 
 logger = logging.getLogger(__name__)
 
 EVENT_NAMES = ("view", "click", "book")  # event codes 0, 1, 2
 VIEW, CLICK, BOOK = 0, 1, 2
-ITEM_ID_SPACE = 1_000_000  # item ids are "i" + 6 digits drawn from this range
 PROGRESS_EVERY = 1_000_000  # events between progress log lines
 GROUND_TRUTH_FILE = "_ground_truth.parquet"  # leading "_": dataset readers skip it
 PROFILE_FILE = "_profile.json"
@@ -70,71 +70,6 @@ GROUND_TRUTH_SCHEMA = pa.schema(
 
 
 @dataclass(frozen=True)
-class Profile:
-    """Shape of the synthetic world and of its users' sessions.
-
-    Items number ``n_markets * clusters_per_market * items_per_cluster``. A session's next item
-    stays in the current cluster with ``p_stay_cluster``, moves to another cluster of the current
-    market with ``p_switch_cluster``, else to another market (the remaining share).
-    """
-
-    name: str
-    n_markets: int = 20
-    clusters_per_market: int = 50
-    items_per_cluster: int = 20
-    zipf_exponent: float = 1.1  # item weight = 1 / rank**exponent, ranks randomly permuted
-    p_stay_cluster: float = 0.6
-    p_switch_cluster: float = 0.3  # p_switch_market = 1 - p_stay_cluster - p_switch_cluster
-    mean_session_events: float = 8.0  # min_session_events + geometric extra
-    min_session_events: int = 2
-    mean_gap_s: float = 90.0  # gap between events of a session: min_gap_s + exponential extra
-    min_gap_s: float = 30.0  # real browsing dwells at least Airbnb's short-dwell threshold
-    p_accidental: float = 0.1  # chance of an accidental click (random item, 2-20 s dwell) per step
-    accidental_dwell_s: tuple[float, float] = (2.0, 20.0)
-    max_gap_s: float = 1200.0  # gap cap; stays under the 30 min sessionization default
-    min_pause_s: float = 3600.0  # between a user's sessions: at least this ...
-    mean_pause_s: float = 6 * 3600.0  # ... and this on average (min + exponential extra)
-    book_share: float = 0.15  # sessions that end with a booking
-    click_share: float = 0.2  # non-booking events that are clicks rather than views
-
-    def __post_init__(self) -> None:
-        sizes = (self.n_markets, self.clusters_per_market, self.items_per_cluster)
-        if min(sizes) < 1:
-            raise InputError(f"profile {self.name!r}: markets, clusters and items must be >= 1")
-        if self.n_items > ITEM_ID_SPACE:
-            raise InputError(f"profile {self.name!r}: {self.n_items} items exceed {ITEM_ID_SPACE}")
-        if not 0.0 <= self.p_stay_cluster + self.p_switch_cluster <= 1.0:
-            raise InputError(f"profile {self.name!r}: transition probabilities exceed 1")
-        if self.min_session_events < 1 or self.mean_session_events < self.min_session_events:
-            raise InputError(f"profile {self.name!r}: need 1 <= min_session_events <= mean")
-        if not 0.0 < self.max_gap_s < self.min_pause_s <= self.mean_pause_s:
-            raise InputError(f"profile {self.name!r}: need 0 < max_gap_s < min_pause_s <= mean")
-        if not 0.0 <= self.min_gap_s < self.mean_gap_s <= self.max_gap_s:
-            raise InputError(
-                f"profile {self.name!r}: need 0 <= min_gap_s < mean_gap_s <= max_gap_s"
-            )
-        if not 0.0 <= self.p_accidental < 1.0:
-            raise InputError(f"profile {self.name!r}: p_accidental must be in [0, 1)")
-
-    @property
-    def n_clusters(self) -> int:
-        return self.n_markets * self.clusters_per_market
-
-    @property
-    def n_items(self) -> int:
-        return self.n_clusters * self.items_per_cluster
-
-
-PROFILES: dict[str, Profile] = {
-    # 20 markets x 50 clusters x 20 items = 20,000 items: most items are seen often.
-    "standard": Profile(name="standard"),
-    # 20 markets x 500 clusters x 20 items = 200,000 items: at ~200k events most seen items
-    # appear fewer than 5 times (a long tail, as in real catalogues).
-    "sparse": Profile(name="sparse", clusters_per_market=500),
-}
-
-
-@dataclass(frozen=True)
 class GenerateResult:
     """What ``generate_clicklog`` wrote; ``n_items`` counts distinct items in the log."""
 
@@ -144,32 +79,6 @@ class GenerateResult:
     n_booked_sessions: int
     n_items: int
     days: list[str]  # ISO dates of the window, one partition each
-
-
-@dataclass(frozen=True)
-class Catalogue:
-    """The item world: index ``g`` is market ``g // (C*I)``, cluster ``g // I`` (global ids)."""
-
-    profile: Profile
-    item_numbers: np.ndarray  # (n_items,) int64, the 6 digits of each item's id
-    item_weights: np.ndarray  # (n_items,) float64, 1 / rank**zipf_exponent
-
-    def item_ids(self) -> list[str]:
-        return [f"i{n:06d}" for n in self.item_numbers.tolist()]
-
-    def market_names(self) -> list[str]:
-        width = max(2, len(str(self.profile.n_markets - 1)))
-        return [f"m{m:0{width}d}" for m in range(self.profile.n_markets)]
-
-    def cluster_names(self) -> list[str]:
-        """Global cluster index -> "m07/c012"."""
-        width = max(3, len(str(self.profile.clusters_per_market - 1)))
-        markets = self.market_names()
-        per_market = self.profile.clusters_per_market
-        return [
-            f"{markets[c // per_market]}/c{c % per_market:0{width}d}"
-            for c in range(self.profile.n_clusters)
-        ]
 
 
 @dataclass(frozen=True)
@@ -185,17 +94,6 @@ class SimulatedClicks:
     n_booked_sessions: int
     n_pairs: int  # consecutive event pairs inside sessions
     n_same_cluster_pairs: int
-
-
-def build_catalogue(profile: Profile, seed: int) -> Catalogue:
-    """Draw item ids and Zipf weights; depends only on the profile and seed, not on the size."""
-    rng = np.random.default_rng(seed)
-    n_items = profile.n_items
-    ranks = rng.permutation(n_items) + 1  # (n_items,) a random rank per item
-    weights = 1.0 / ranks.astype(np.float64) ** profile.zipf_exponent
-    # Sampled without replacement from a larger space so ids reveal neither structure nor size.
-    numbers = rng.choice(ITEM_ID_SPACE, size=n_items, replace=False).astype(np.int64)
-    return Catalogue(profile=profile, item_numbers=numbers, item_weights=weights)
 
 
 def _draw(cum: Sequence[float], r: float) -> int:
@@ -414,6 +312,56 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, coerce_timestamps="us", allow_truncated_timestamps=True)
 
 
+def _write_days(
+    tmp_dir: Path, clicks: SimulatedClicks, clicks_table: pa.Table, day_names: list[str]
+) -> None:
+    """One ``dt=<day>/part-0.parquet`` per day under a fresh ``tmp_dir`` (empty days too)."""
+    bounds = np.searchsorted(np.sort(clicks.ts_us), np.arange(len(day_names) + 1) * US_PER_DAY)
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)  # left over from an interrupted run of generate_clicklog
+    tmp_dir.mkdir(parents=True)
+    for d, day in enumerate(day_names):
+        lo, hi = int(bounds[d]), int(bounds[d + 1])
+        if lo == hi:
+            logger.warning("no events on %s: its partition is empty", day)
+        (tmp_dir / f"dt={day}").mkdir()
+        _write_parquet(clicks_table.slice(lo, hi - lo), tmp_dir / f"dt={day}" / PART_FILE)
+
+
+def _describe(
+    chosen: Profile,
+    clicks: SimulatedClicks,
+    events: int,
+    days: int,
+    seed: int,
+    start: datetime.date,
+    seen_counts: np.ndarray,
+) -> dict:
+    """``_profile.json``: the parameters and the realised counts."""
+    params = dataclasses.asdict(chosen)
+    return {
+        "profile": params.pop("name"),
+        "params": params,
+        "events": events,
+        "days": days,
+        "seed": seed,
+        "start": start.isoformat(),
+        "realised": {
+            "events": events,
+            "users": clicks.n_users,
+            "sessions": clicks.n_sessions,
+            "booked_sessions": clicks.n_booked_sessions,
+            "booked_share": round(clicks.n_booked_sessions / clicks.n_sessions, 6),
+            "same_cluster_pair_share": round(
+                clicks.n_same_cluster_pairs / max(clicks.n_pairs, 1), 6
+            ),
+            "items_total": chosen.n_items,
+            "items_seen": int(seen_counts.size),
+            "share_items_seen_lt5": round(float(np.mean(seen_counts < 5)), 6),
+        },
+    }
+
+
 def generate_clicklog(
     out_dir: Path,
     events: int,
@@ -444,41 +392,11 @@ def generate_clicklog(
     n_items_seen = int(seen_counts.size)
     share_seen_lt5 = float(np.mean(seen_counts < 5))
     day_names = [(start + datetime.timedelta(days=d)).isoformat() for d in range(days)]
-    bounds = np.searchsorted(np.sort(clicks.ts_us), np.arange(days + 1) * US_PER_DAY)
 
     tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-generate")
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)  # left over from an interrupted run of this function
-    tmp_dir.mkdir(parents=True)
-    for d, day in enumerate(day_names):
-        lo, hi = int(bounds[d]), int(bounds[d + 1])
-        if lo == hi:
-            logger.warning("no events on %s: its partition is empty", day)
-        (tmp_dir / f"dt={day}").mkdir()
-        _write_parquet(clicks_table.slice(lo, hi - lo), tmp_dir / f"dt={day}" / PART_FILE)
+    _write_days(tmp_dir, clicks, clicks_table, day_names)
     _write_parquet(build_ground_truth(catalogue), tmp_dir / GROUND_TRUTH_FILE)
-    params = dataclasses.asdict(chosen)
-    description = {
-        "profile": params.pop("name"),
-        "params": params,
-        "events": events,
-        "days": days,
-        "seed": seed,
-        "start": start.isoformat(),
-        "realised": {
-            "events": events,
-            "users": clicks.n_users,
-            "sessions": clicks.n_sessions,
-            "booked_sessions": clicks.n_booked_sessions,
-            "booked_share": round(clicks.n_booked_sessions / clicks.n_sessions, 6),
-            "same_cluster_pair_share": round(
-                clicks.n_same_cluster_pairs / max(clicks.n_pairs, 1), 6
-            ),
-            "items_total": chosen.n_items,
-            "items_seen": n_items_seen,
-            "share_items_seen_lt5": round(share_seen_lt5, 6),
-        },
-    }
+    description = _describe(chosen, clicks, events, days, seed, start, seen_counts)
     text = json.dumps(description, indent=2, sort_keys=True) + "\n"
     (tmp_dir / PROFILE_FILE).write_text(text, encoding="utf-8")
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -264,13 +264,9 @@ def impression_rerank(
     logger.info(
         "impression re-rank: %d cases of %d conversions (%d without impressions, %d booked item "
         "not shown), %d methods in %.2f s",
-        n_cases,
-        conversions.num_rows,
-        result["n_no_impressions"],
-        result["n_target_not_shown"],
-        len(methods),
-        time.monotonic() - started,
-    )
+        n_cases, conversions.num_rows, n_no_impressions, result["n_target_not_shown"],
+        len(methods), time.monotonic() - started,
+    )  # fmt: skip
     return result
 
 

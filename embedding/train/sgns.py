@@ -110,6 +110,50 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _booked_codes(ids: list[str], booked: Sequence[Sequence[str]]) -> dict[int, np.ndarray]:
+    """Session number -> the codes of its booked items that are in the vocabulary."""
+    index = {item: row for row, item in enumerate(ids)}
+    codes: dict[int, np.ndarray] = {}
+    for s, items in enumerate(booked):
+        known = [index[i] for i in items or () if i in index]
+        if known:
+            codes[s] = np.array(known, np.int64)
+    return codes
+
+
+def _batch_loss(
+    emb_in: torch.nn.Embedding,
+    emb_out: torch.nn.Embedding,
+    batch: torch.Tensor,
+    table: torch.Tensor,
+    by_market: tuple[torch.Tensor, ...] | None,
+    n_neg: int,
+    n_market: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Per-pair loss (B,) of a batch of (centre, context) pairs: the positive, ``n_neg`` noise
+    negatives from ``table`` and, with ``by_market`` (order, start, size), ``n_market``
+    negatives from the centre's market (the centre itself and market-less items masked)."""
+    device = batch.device
+    centre, context = batch[:, 0], batch[:, 1]
+    negs = table[torch.randint(0, NOISE_TABLE, (batch.shape[0], n_neg), device=device,
+                               generator=generator)]  # fmt: skip
+    u = emb_in(centre)  # (B, D)
+    pos = F.logsigmoid((u * emb_out(context)).sum(1))
+    neg = F.logsigmoid(-(emb_out(negs) @ u.unsqueeze(2)).squeeze(2)).sum(1)
+    loss = -(pos + neg)
+    if by_market is not None:
+        order_t, start_t, size_t = by_market
+        has = size_t[centre] > 1
+        offs = torch.rand((batch.shape[0], n_market), device=device, generator=generator)
+        picks = order_t[(start_t[centre].clamp(min=0)[:, None]
+                         + (offs * size_t[centre][:, None]).long())]  # fmt: skip
+        mneg = F.logsigmoid(-(emb_out(picks) @ u.unsqueeze(2)).squeeze(2))
+        mneg = torch.where((picks != centre[:, None]) & has[:, None], mneg, 0.0)
+        loss = loss - mneg.sum(1)
+    return loss
+
+
 def train_sgns(
     sessions: Sequence[Sequence[str]],
     params: Word2VecParams,
@@ -129,13 +173,8 @@ def train_sgns(
     n_items, dim = len(ids), int(params.vector_size)
     counts = np.bincount(codes, minlength=n_items).astype(np.float64)
     session = np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
-    booked_codes: dict[int, np.ndarray] = {}
-    if params.global_context and booked is not None:
-        index = {item: row for row, item in enumerate(ids)}
-        for s, items in enumerate(booked):
-            known = [index[i] for i in items or () if i in index]
-            if known:
-                booked_codes[s] = np.array(known, np.int64)
+    use_booked = params.global_context and booked is not None
+    booked_codes = _booked_codes(ids, booked) if use_booked else {}
     noise = counts**params.ns_exponent
     table = torch.as_tensor(
         rng.choice(n_items, size=NOISE_TABLE, p=noise / noise.sum()), device=device
@@ -179,22 +218,7 @@ def train_sgns(
                     else params.torch_lr * (1 - 0.9 * progress)
                 )  # fmt: skip
             batch = pairs[lo : lo + params.batch_size]
-            centre, context = batch[:, 0], batch[:, 1]
-            negs = table[torch.randint(0, NOISE_TABLE, (batch.shape[0], n_neg), device=device,
-                                       generator=generator)]  # fmt: skip
-            u = emb_in(centre)  # (B, D)
-            pos = F.logsigmoid((u * emb_out(context)).sum(1))
-            neg = F.logsigmoid(-(emb_out(negs) @ u.unsqueeze(2)).squeeze(2)).sum(1)
-            loss = -(pos + neg)
-            if by_market is not None:
-                order_t, start_t, size_t = by_market
-                has = size_t[centre] > 1
-                offs = torch.rand((batch.shape[0], n_market), device=device, generator=generator)
-                picks = order_t[(start_t[centre].clamp(min=0)[:, None]
-                                 + (offs * size_t[centre][:, None]).long())]  # fmt: skip
-                mneg = F.logsigmoid(-(emb_out(picks) @ u.unsqueeze(2)).squeeze(2))
-                mneg = torch.where((picks != centre[:, None]) & has[:, None], mneg, 0.0)
-                loss = loss - mneg.sum(1)
+            loss = _batch_loss(emb_in, emb_out, batch, table, by_market, n_neg, n_market, generator)
             optimizer.zero_grad(set_to_none=True)
             (loss.sum() if sgd else loss.mean()).backward()
             optimizer.step()
