@@ -15,17 +15,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from embedding.core.config import FinetuneParams
-from embedding.train.finetune import (
-    FinetuneStats,
-    build_market_index,
-    contrastive_logits,
-    finetune,
-    info_nce,
-    lr_factor,
-    recall_at_k,
-    sample_hard_negatives,
-    triplet_loss,
-)
+from embedding.train.finetune import FinetuneStats, finetune, recall_at_k
+from embedding.train.finetune_state import lr_factor
+from embedding.train.losses import contrastive_logits, info_nce, triplet_loss
+from embedding.train.negatives import build_market_index, sample_hard_negatives
 from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
 N_ITEMS, DIM = 200, 16

@@ -5,12 +5,14 @@ Output: the stage's artefacts in the run folder, written by
 ``python -m embedding stage <name> --plan <run_dir>/<name>.plan.json``.
 
 Why a process: it can be killed (out of memory, an execution timeout, an operator) without
-taking the scheduler's task runner with it, and a rerun starts from scratch in a fresh
-interpreter: gensim cannot resume deterministically, so a killed skip-gram is retrained, never
-continued. The child's pid is in ``<run_dir>/<name>.pid`` while it runs; its output is copied
-line by line into this process's log; every artefact it writes lands by an atomic rename, so a
-kill leaves either the previous file or none, never half of one. If this process is stopped
-(timeout, SIGTERM), the child is killed too.
+taking the scheduler's task runner with it, and a rerun starts in a fresh interpreter. The
+skip-gram starts from scratch (gensim cannot resume deterministically, so a killed skip-gram is
+retrained, never continued); the fine-tune resumes after the last epoch of its checkpoint
+(``<run_dir>/finetuned.ckpt``, ``embedding.train.checkpoint``) and ends with the same bytes as
+a run never killed. The child's pid is in ``<run_dir>/<name>.pid`` while it runs; its output is
+copied line by line into this process's log; every artefact it writes lands by an atomic
+rename, so a kill leaves either the previous file or none, never half of one. If this process
+is stopped (timeout, SIGTERM), the child is killed too.
 
     run_stage_process("train", "conf/default.yaml", [], plan.to_dict())
 """
@@ -34,6 +36,10 @@ from embedding.core.errors import EmbeddingError
 logger = logging.getLogger(__name__)
 
 STAGES = ("train", "finetune")
+RETRY = {  # what a retry of the stage does, quoted in the error
+    "train": "a retry starts it again from scratch",
+    "finetune": "a retry resumes it after the last epoch of its checkpoint",
+}
 TAIL_LINES = 20  # last lines of the child's output quoted in the error
 
 
@@ -86,7 +92,7 @@ def run_stage_process(
     if child.code != 0:
         raise StageProcessError(
             f"{stage} process {child.pid} {describe_exit(child.code)} after {child.seconds:.1f} s; "
-            f"a retry starts it again from scratch. Its last output:\n{child.output}"
+            f"{RETRY[stage]}. Its last output:\n{child.output}"
         )
     return child.seconds
 

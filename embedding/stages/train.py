@@ -120,6 +120,7 @@ def finetune_stage(cfg: Config, plan: RunPlan) -> str:
         return str(out)
     base, _ = read_vectors(artefact(plan, "word2vec.parquet"))
     stats: dict = {"enabled": cfg.finetune.enabled}
+    checkpoints: list[Path] = []  # one per fine-tune, deleted once the stats are written
     if cfg.finetune.enabled:
         from embedding.train.finetune import finetune
 
@@ -131,6 +132,7 @@ def finetune_stage(cfg: Config, plan: RunPlan) -> str:
         if other := comparison_loss(cfg):
             runs[f"finetuned_{other}"] = other
         for name, loss in runs.items():
+            checkpoints.append(artefact(plan, f"{name}.ckpt"))
             tuned, ft_stats = finetune(
                 base,
                 ctx,
@@ -141,6 +143,7 @@ def finetune_stage(cfg: Config, plan: RunPlan) -> str:
                 val_context=val_ctx,
                 val_booked=val_bkd,
                 loss=loss,
+                checkpoint=checkpoints[-1],
             )
             write_vectors(artefact(plan, f"{name}.parquet"), tuned)
             if name == "finetuned":
@@ -148,6 +151,8 @@ def finetune_stage(cfg: Config, plan: RunPlan) -> str:
             else:
                 stats.setdefault("comparison", {})[name] = asdict(ft_stats)
     write_text_atomic(artefact(plan, "finetune_stats.json"), json.dumps(stats, indent=1))
+    for checkpoint in checkpoints:
+        checkpoint.unlink(missing_ok=True)
     return str(out)
 
 
@@ -198,9 +203,11 @@ def refit_stage(cfg: Config, plan: RunPlan, chosen: str) -> tuple[ItemVectors, d
         (ctx, tgt), _ = finetune_pairs(cfg, everything)
         ft = cfg.finetune.model_copy(update={"epochs": epochs, "val_fraction": 0.0})
         vectors, _ = finetune(vectors, ctx, tgt, ft, cfg.seed, markets=item_markets(plan),
-                              fixed_epochs=True)  # fmt: skip
+                              fixed_epochs=True,
+                              checkpoint=artefact(plan, "refit.ckpt"))  # fmt: skip
     chaos.point("publish.refit")
     write_vectors(out, vectors)
+    artefact(plan, "refit.ckpt").unlink(missing_ok=True)
     logger.info("refit on all %d sessions of the window: %s", sessions.num_rows, record)
     return vectors, record
 
