@@ -1,6 +1,7 @@
 """The synthetic log's world: profiles (sizes, Zipf exponent, session and browsing habits) and
 the catalogue drawn from one (item ids and weights, markets and clusters). Nothing is read or
-written; the same profile and seed give the same catalogue.
+written; the same profile and seed give the same catalogue, and its ground truth table (item,
+market, cluster, weight).
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedding.core.errors import InputError
 
@@ -114,3 +117,30 @@ def build_catalogue(profile: Profile, seed: int) -> Catalogue:
     # Sampled without replacement from a larger space so ids reveal neither structure nor size.
     numbers = rng.choice(ITEM_ID_SPACE, size=n_items, replace=False).astype(np.int64)
     return Catalogue(profile=profile, item_numbers=numbers, item_weights=weights)
+
+
+GROUND_TRUTH_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("market", pa.string()),
+        ("cluster", pa.string()),
+        ("weight", pa.float64()),
+    ]
+)
+
+
+def build_ground_truth(catalogue: Catalogue) -> pa.Table:
+    """Every catalogue item with its market, cluster and Zipf weight, sorted by item_id."""
+    profile = catalogue.profile
+    order = np.argsort(catalogue.item_numbers, kind="stable")
+    index = np.arange(profile.n_items, dtype=np.int64)[order]
+    markets = pa.array(catalogue.market_names(), pa.string())
+    clusters = pa.array(catalogue.cluster_names(), pa.string())
+    items_per_market = profile.clusters_per_market * profile.items_per_cluster
+    columns = [
+        pc.take(pa.array(catalogue.item_ids(), pa.string()), pa.array(index)),
+        pc.take(markets, pa.array(index // items_per_market)),
+        pc.take(clusters, pa.array(index // profile.items_per_cluster)),
+        pa.array(catalogue.item_weights[order], pa.float64()),
+    ]
+    return pa.Table.from_arrays(columns, schema=GROUND_TRUTH_SCHEMA)

@@ -37,7 +37,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedding.core.errors import InputError
-from embedding.devtools.catalogue import PROFILES, Catalogue, Profile, build_catalogue
+from embedding.devtools.catalogue import (
+    PROFILES,
+    Catalogue,
+    Profile,
+    build_catalogue,
+    build_ground_truth,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +63,6 @@ CLICK_SCHEMA = pa.schema(
         ("item_id", pa.string()),
         ("event", pa.string()),
         ("market", pa.string()),
-    ]
-)
-GROUND_TRUTH_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("market", pa.string()),
-        ("cluster", pa.string()),
-        ("weight", pa.float64()),
     ]
 )
 
@@ -266,23 +264,6 @@ def build_click_table(
         pc.take(market_names, pa.array(item // items_per_market)),
     ]
     return pa.Table.from_arrays(columns, schema=CLICK_SCHEMA)
-
-
-def build_ground_truth(catalogue: Catalogue) -> pa.Table:
-    """Every catalogue item with its market, cluster and Zipf weight, sorted by item_id."""
-    profile = catalogue.profile
-    order = np.argsort(catalogue.item_numbers, kind="stable")
-    index = np.arange(profile.n_items, dtype=np.int64)[order]
-    markets = pa.array(catalogue.market_names(), pa.string())
-    clusters = pa.array(catalogue.cluster_names(), pa.string())
-    items_per_market = profile.clusters_per_market * profile.items_per_cluster
-    columns = [
-        pc.take(pa.array(catalogue.item_ids(), pa.string()), pa.array(index)),
-        pc.take(markets, pa.array(index // items_per_market)),
-        pc.take(clusters, pa.array(index // profile.items_per_cluster)),
-        pa.array(catalogue.item_weights[order], pa.float64()),
-    ]
-    return pa.Table.from_arrays(columns, schema=GROUND_TRUTH_SCHEMA)
 
 
 def _midnight_us(day: datetime.date) -> int:
