@@ -3,6 +3,11 @@
 
 Exit codes: 0 published (or already published); 2 bad input or configuration (one clear line on
 stderr); 3 quality gate failed; 1 anything else. CURRENT is unchanged on any non-zero exit.
+
+This module holds the parser, the command table and ``main``; the command bodies live in
+``embedding.commands`` (``runs``: generate, run, stage; ``versions``: versions, rollback,
+neighbors, report), except ``sweep``, which stays here because ``embedding.sweep`` is an entry
+module itself and the ``commands`` layer sits below the entry modules.
 """
 
 from __future__ import annotations
@@ -14,12 +19,11 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from embedding.core.errors import EmbeddingError, InputError, PublishError
-
-if TYPE_CHECKING:
-    from embedding.core.config import Config
+from embedding.commands.common import config_of
+from embedding.commands.runs import cmd_generate, cmd_run, cmd_stage
+from embedding.commands.versions import cmd_neighbors, cmd_report, cmd_rollback, cmd_versions
+from embedding.core.errors import EmbeddingError
 
 logger = logging.getLogger("embedding")
 
@@ -54,14 +58,6 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set word2vec.epochs=5 (repeatable)",
     )
-
-
-def _load(args: argparse.Namespace):
-    from embedding import PROJECT_ROOT
-    from embedding.core.config import load_config
-
-    conf = args.conf if args.conf is not None else PROJECT_ROOT / "conf" / "default.yaml"
-    return load_config(conf, args.overrides, source=getattr(args, "source", None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,263 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from embedding.devtools.generate import generate_clicklog
-
-    result = generate_clicklog(
-        args.out, args.events, args.days, args.profile, args.seed, args.start
-    )
-    print(
-        f"generated {result.n_events} events, {result.n_sessions} sessions "
-        f"({result.n_booked_sessions} booked), {result.n_items} items over {len(result.days)} days "
-        f"-> {result.out_dir}"
-    )
-    return 0
-
-
-def format_metrics(metrics: dict) -> list[str]:
-    lines = [
-        f"holdout: {metrics.get('holdout')}, {metrics.get('n_cases')} next-item cases, "
-        f"coverage {metrics.get('coverage', 0):.1%}"
-    ]
-    lines.append(f"  {'method':<19}{'HR@10':>8}{'MRR@20':>8}{'NDCG@10':>9}   covered HR@10")
-    variants = sorted(k for k in metrics if k.startswith("finetuned_"))
-    for name in (*metrics.get("baselines", ["popularity"]), "word2vec", "finetuned", *variants):
-        if name in metrics:
-            m = metrics[name]
-            lines.append(
-                f"  {name:<19}{m['hr@10']:>8.4f}{m['mrr@20']:>8.4f}{m.get('ndcg@10', 0.0):>9.4f}"
-                f"   {m['covered']['hr@10']:.4f}"
-            )
-    booked = metrics.get("booked_item", {})
-    if booked:
-        lines.append("booked-item HR@10 (Airbnb protocol, all clicks of booked test sessions):")
-        lines.extend(f"  {k:<22}{v['overall']['hr@10']:.4f}" for k, v in booked.items())
-    selection = metrics.get("selection")
-    if selection:
-        scores = ", ".join(
-            f"{k} {v[selection['metric']]:.4f}" for k, v in selection["scores"].items()
-        )
-        lines.append(
-            f"published: {selection['chosen']} (validation {selection['metric']}: {scores})"
-        )
-    rerank = metrics.get("impression_rerank")
-    if rerank:
-        lines.append(f"impression re-rank on {rerank['n_cases']} clickouts (MRR):")
-        lines.extend(f"  {k:<28}{v['mrr']:.4f}" for k, v in rerank["methods"].items())
-    return lines
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from embedding.stages.pipeline import run_pipeline
-    from embedding.stages.plan import resolve_paths, writer_lock
-
-    cfg = _load(args)
-    if not args.input.exists():
-        raise InputError(f"{args.input}: input not found")
-    if args.items and not args.items.exists():
-        raise InputError(f"{args.items}: item table not found")
-    paths = resolve_paths(cfg, args.input, args.publish_root, args.work_dir, args.items)
-    with writer_lock(paths, "python -m embedding run", wait_s=args.wait):
-        result = run_pipeline(cfg, paths)
-    pub, ingest, gate = result.published, result.ingest, result.evaluation.gate
-    state = "already published" if pub.already_published else "published"
-    print(f"{state}: {pub.version} -> {pub.path}")
-    print(f"CURRENT: {pub.current}")
-    print(
-        f"input: {ingest.rows_read} rows, {ingest.events_valid} item events, "
-        f"dropped {sum(ingest.dropped_by_type.values())} {ingest.dropped_by_type}, "
-        f"quarantined {sum(ingest.quarantined_by_reason.values())} "
-        f"{ingest.quarantined_by_reason}; {ingest.sessions} sessions, "
-        f"{ingest.booking_pairs} booking pairs"
-    )
-    if ingest.item_table:
-        table = ingest.item_table
-        print(
-            f"item table: {table['rows_read']} rows, {table['items']} items, "
-            f"{table['duplicates']} duplicates, quarantined {table['quarantined_by_reason']}"
-        )
-    for line in format_metrics(result.metrics):
-        print(line)
-    print(f"gate: {'passed' if gate.passed else 'failed'}: {gate.reason}")
-    return 0
-
-
-def _day(version: str) -> str:
-    day = version.split("-", 1)[0]
-    return f"{day[:4]}-{day[4:6]}-{day[6:]}" if len(day) == 8 and day.isdigit() else day
-
-
-def _gate_summary(gate: dict) -> str:
-    if not gate:
-        return "gate -"
-    value = gate.get("value")
-    figure = f"{value:.4f}" if isinstance(value, int | float) else "-"
-    required = gate.get("required")
-    need = f" (needs {required:.4f})" if isinstance(required, int | float) else ""
-    verdict = "passed" if gate.get("passed") else "failed"
-    return f"{gate.get('metric', 'gate')} {figure}{need} {verdict}"
-
-
-def cmd_versions(args: argparse.Namespace) -> int:
-    from embedding.stages.plan import resolve_paths
-    from embedding.stages.publish import LAST_PUBLISH
-    from embedding.vectors.publish import REJECTED, read_pin, version_names
-    from embedding.vectors.versions import MANIFEST, VERSIONS, current_or_none
-
-    cfg = _load(args)
-    root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
-    current = current_or_none(root)
-    try:
-        pin = read_pin(root)
-    except PublishError as exc:  # list anyway; say why the pin cannot be read
-        print(f"warning: {exc}")
-        pin = None
-    if args.last_run:
-        last = Path(resolve_paths(cfg, input_path=".", publish_root=root).work_dir) / LAST_PUBLISH
-        if not last.is_file():
-            raise InputError(f"{root}: no run has published here yet")
-        outcome = json.loads(last.read_text())
-        state = (
-            "was already published (same inputs, config and code)"
-            if outcome["already_published"]
-            else "published by this run"
-        )
-        print(f"version {outcome['version']} {state}; CURRENT = {outcome['current']}")
-    rows = []
-    for kind in (VERSIONS, REJECTED):
-        for name in version_names(root, kind):
-            path = root / kind / name / MANIFEST
-            try:
-                manifest = json.loads(path.read_text()) if path.is_file() else None
-            except ValueError:
-                manifest = None
-            rows.append((kind, name, manifest))
-    if not rows:
-        raise InputError(f"{root}: no versions published yet")
-    width = max(len(name) for _, name, _ in rows)
-    print(f"versions under {root} (* = CURRENT, P = pinned by rollback):")
-    for kind, name, manifest in rows:
-        mark = ("*" if kind == VERSIONS and name == current else " ") + (
-            "P" if kind == VERSIONS and pin is not None and name == pin["version"] else " "
-        )
-        state = "published" if kind == VERSIONS else "rejected"
-        if manifest is None:
-            print(f"{mark} {name:<{width}}  {_day(name)}  {state:<9}  incomplete: no {MANIFEST}")
-            continue
-        gate = manifest.get("gate") or {}
-        line = (
-            f"{mark} {name:<{width}}  {_day(name)}  {state:<9}  "
-            f"{manifest.get('n_items', '?'):>7} items  dim {manifest.get('dim', '?')}  "
-            f"{_gate_summary(gate)}"
-        )
-        if kind == REJECTED and gate.get("reason"):
-            line += f": {gate['reason']}"
-        print(line)
-    if current is None:
-        print("CURRENT: none")
-    elif not (root / VERSIONS / current).is_dir():
-        print(f"CURRENT: {current} (warning: no such folder under {root / VERSIONS})")
-    if pin is not None:
-        print(
-            f"pinned: CURRENT held at {pin['version']} by a rollback at {pin['pinned_at']} "
-            f"(was {pin.get('previous_current')}); the next version trained after "
-            f"{_day(pin['newest_at_pin'])} moves it and lifts the pin"
-        )
-    manifest = next((m for k, n, m in rows if n == current and k == VERSIONS and m), None)
-    if manifest is not None:
-        print(f"CURRENT {current}: created {manifest.get('created_at')}")
-        for line in format_metrics(manifest.get("metrics", {})):
-            print(line)
-        print(f"gate: {manifest.get('gate', {}).get('reason')}")
-    return 0
-
-
-def cmd_rollback(args: argparse.Namespace) -> int:
-    from embedding.core.lock import exclusive
-    from embedding.vectors.publish import rollback
-
-    cfg = _load(args)
-    root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
-    with exclusive([root], "python -m embedding rollback", wait_s=args.wait):
-        result = rollback(root, args.version)
-    print(f"CURRENT was {result.previous_current}, now {result.version}")
-    print(
-        f"pinned at {result.pinned_at}: publishing or rerunning a version trained on or before "
-        f"{_day(result.newest_at_pin)} leaves CURRENT here; the next version trained after "
-        "that day moves it forward and lifts the pin"
-    )
-    return 0
-
-
-def _chosen_version(args: argparse.Namespace) -> tuple[Config, str, Path]:
-    """The config, the version (``--version`` or CURRENT) and its folder under the publish root."""
-    from embedding.vectors.versions import VERSIONS, current_or_none, is_folder_name
-
-    cfg = _load(args)
-    root = args.publish_root or cfg.paths.resolve(cfg.paths.publish_root)
-    version = args.version or current_or_none(root)
-    if version is None:
-        raise InputError(f"{root}: no CURRENT version; publish one first or pass --version")
-    if not is_folder_name(version):  # never let an id reach the file system as a path
-        raise InputError(f"{version!r} is not a version id (expected e.g. 20260108-1a2b3c4d)")
-    return cfg, version, root / VERSIONS / version
-
-
-def cmd_neighbors(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from embedding.vectors.parquet_io import VECTORS_FILE, read_vectors
-    from embedding.vectors.versions import verify_version
-
-    _, version, folder = _chosen_version(args)
-    verify_version(folder)
-    vectors, markets = read_vectors(folder / VECTORS_FILE)
-    index = vectors.index()
-    if args.item_id not in index:
-        raise InputError(f"unknown item_id {args.item_id!r} in version {version}")
-    if args.k < 1:
-        raise InputError(f"--k must be at least 1, got {args.k}")
-    row = index[args.item_id]
-    scores = vectors.vectors @ vectors.vectors[row]
-    scores[row] = -np.inf
-    allowed = np.ones(len(vectors.ids), dtype=bool)
-    allowed[row] = False
-    scope = ""
-    if args.market is not None:
-        in_market = np.array([markets.get(i) == args.market for i in vectors.ids], dtype=bool)
-        if not in_market.any():
-            known = sorted({m for m in markets.values() if m is not None})
-            shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
-            raise InputError(
-                f"no item of market {args.market!r} in version {version} "
-                f"({len(known)} markets: {shown or 'none recorded'})"
-            )
-        allowed &= in_market
-        scope = f", market {args.market} only"
-    candidates = np.flatnonzero(allowed)
-    top = candidates[np.argsort(-scores[candidates], kind="stable")][: args.k]
-    print(
-        f"version {version}; neighbours of {args.item_id} "
-        f"(market {markets.get(args.item_id)}){scope}"
-    )
-    if top.size == 0:
-        print(f"no other item in market {args.market!r} besides {args.item_id}")
-    for rank, i in enumerate(top, 1):
-        print(
-            f"{rank:>3}  {vectors.ids[i]:<20} {markets.get(vectors.ids[i]) or '-':<24} "
-            f"{scores[i]:.4f}"
-        )
-    return 0
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
     from embedding.core.lock import exclusive
     from embedding.stages.plan import plan_run, resolve_paths
     from embedding.stages.sessionize import sessionize_stage
     from embedding.sweep import format_table, load_grid, run_sweep
 
-    cfg = _load(args)
+    cfg = config_of(args)
     grid = load_grid(args.grid)
     paths = resolve_paths(cfg, args.input, args.publish_root, args.work_dir, args.items)
     with exclusive([paths.work_dir], "python -m embedding sweep", wait_s=args.wait):
@@ -404,40 +150,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     popularity = json.loads((out / "sweep.json").read_text())["popularity_val"]
     print("\n".join(format_table(ranked, grid.metric, popularity)))
     print(f"wrote {out}/sweep.json, sweep.csv and best.yaml (best: {ranked[0]['trial']})")
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from embedding.stages.publish import version_report
-    from embedding.vectors.parquet_io import VECTORS_FILE, read_vectors
-    from embedding.vectors.publish import REJECTED
-    from embedding.vectors.versions import MANIFEST, verify_version
-
-    cfg, version, folder = _chosen_version(args)
-    root = folder.parent.parent
-    if not (folder / MANIFEST).is_file():
-        rejected = root / REJECTED / version / "report.html"
-        where = f"; its report is {rejected}" if rejected.is_file() else ""
-        raise InputError(f"{folder}: no such published version{where}")
-    manifest = verify_version(folder)
-    vectors, markets = read_vectors(folder / VECTORS_FILE)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(version_report(version, manifest, vectors, markets, cfg.seed))
-    print(f"wrote {args.out} (report of {version})")
-    return 0
-
-
-def cmd_stage(args: argparse.Namespace) -> int:
-    from embedding.stages.plan import RunPlan
-    from embedding.stages.train import finetune_stage, train_stage
-
-    cfg = _load(args)
-    try:
-        plan = RunPlan.from_dict(json.loads(args.plan.read_text()))
-    except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"{args.plan}: not a readable run plan ({exc})") from exc
-    stage = {"train": train_stage, "finetune": finetune_stage}[args.name]
-    print(stage(cfg, plan))
     return 0
 
 

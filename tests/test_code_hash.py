@@ -39,7 +39,11 @@ def _ids(tree: Path) -> tuple[str, str]:
 
 
 EDITS_KEEPING_IDS = {
-    "a CLI message": ("embedding/cli.py", "no CURRENT version; publish one first", "nothing yet"),
+    "a CLI message": (
+        "embedding/commands/versions.py",
+        "no CURRENT version; publish one first",
+        "nothing yet",
+    ),
     "the local Airflow launcher": ("embedding/devtools/airflow_local.py", '"""', '"""Edited. '),
     "the log generator": ("embedding/devtools/generate.py", '"""', '"""Edited. '),
     "the neighbours service": ("serving/model.py", '"""', '"""Edited. '),

@@ -5,7 +5,8 @@
   package root, which holds ``PROJECT_ROOT`` and ``__version__``);
 - no two top-level packages import each other (``dags/`` is the top: nothing imports it);
 - inside ``embedding/``, a layer imports only itself and the layers before it:
-  core < vectors < train < quality < stages < devtools < the entry modules (cli, sweep, alerts).
+  core < vectors < train < quality < stages < devtools < commands (the CLI's command bodies) <
+  the entry modules (cli, sweep, alerts).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("embedding", "jobs", "serving", "dags")
-LAYERS = ("core", "vectors", "train", "quality", "stages", "devtools", "entry")
+LAYERS = ("core", "vectors", "train", "quality", "stages", "devtools", "commands", "entry")
 ENTRY = {"cli", "sweep", "alerts", "__main__"}
 LOW_LAYERS = {"embedding", "embedding.core", "embedding.vectors"}  # what jobs and serving may use
 
