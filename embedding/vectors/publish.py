@@ -12,8 +12,8 @@ is a hook called with each step's name; tests make it raise to prove the guarant
 
 Rollback, its pin and version retention live in ``embedding.vectors.retention``: CURRENT moves
 forward only past a rollback pin (``move_current``), and ``keep_versions`` applies
-``apply_version_retention`` after a publish; ``rollback`` and ``previous_version`` are
-re-exported here for callers of this module.
+``apply_version_retention`` after a publish; its public names are re-exported here for
+callers of this module.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ from embedding.vectors.retention import (
     PINNED,
     REJECTED,
     TMP,
+    RollbackResult,
     apply_version_retention,
+    check_version_id,
     delete_folder,
     previous_version,
     read_pin,
@@ -75,7 +77,9 @@ __all__ = [
     "VERSIONS",
     "FaultHook",
     "PublishResult",
+    "RollbackResult",
     "apply_version_retention",
+    "check_version_id",
     "current_or_none",
     "finish_publish",
     "is_published",
