@@ -4,15 +4,10 @@ Input: ``<publish_root>/versions/<version>/`` (CONTRACTS.md §2), the version na
 ``CURRENT`` unless given. Output: a ``LoadedVersion``: ids, unit-norm float32 vectors, markets
 and an index over them. Nothing is trusted blindly: the Parquet file must match the sha256 in
 ``manifest.json``, every vector must have the manifest's ``dim`` and unit L2 norm, and ids must
-be unique; otherwise ``VersionLoadError`` says what is wrong and where.
-
-The HNSW index (FAISS) comes prebuilt with the version when the publisher stored one
-(``embedding.vectors.ann_index``: ``ann_index.faiss`` + ``ann_index.json``, checked against the
-manifest's sha256 and against the vectors); a version without one gets an index built at load
-time (a minute or two for a million items). A stored index that fails a
-check refuses the whole version: the caller keeps serving the old one.
-``LoadedVersion.index_source`` says which happened ("prebuilt", "built" or "exact": fewer than
-``EXACT_SEARCH_MAX_ITEMS`` items are searched exactly with numpy, an index buys nothing there).
+be unique; otherwise ``VersionLoadError`` says what is wrong and where. Reading and checking the
+files, and opening the HNSW index (FAISS; prebuilt with the version, or built at load time), is
+``serving.loading``'s: ``LoadedVersion.index_source`` says which happened ("prebuilt", "built"
+or "exact": fewer than ``EXACT_SEARCH_MAX_ITEMS`` items are searched exactly with numpy).
 
 A query is answered in two steps: the index fetches ``max(k * candidate_factor, k + 10)``
 candidates, which are re-scored exactly (cosine = dot product of unit vectors, so scores never
@@ -34,25 +29,13 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from embedding.core.config import ServingConfig
 from embedding.vectors.ann_index import EXACT_SEARCH_MAX_ITEMS as EXACT_SEARCH_MAX_ITEMS
-from embedding.vectors.ann_index import (
-    INDEX_FILE,
-    INDEX_META_FILE,
-    AnnIndexError,
-    build_index,
-    load_index,
-)
-from embedding.vectors.parquet_io import VECTORS_FILE
 from embedding.vectors.versions import (
-    MANIFEST,
     VERSIONS,
     VersionError,
     verify_version,
@@ -61,16 +44,15 @@ from embedding.vectors.versions import (
 )
 from embedding.vectors.versions import NoCurrentVersionError as NoCurrentVersionError
 from embedding.vectors.versions import read_current as read_current
-from serving.columns import IdColumn, IdIndex, MarketColumn
+from serving.columns import MarketColumn
+from serving.loading import IndexSource, open_index, read_columns
 
 logger = logging.getLogger(__name__)
 
 
-NORM_TOLERANCE = 1e-3  # |‖v‖ - 1| above this means the publisher did not normalise
 MIN_EXTRA_CANDIDATES = 10  # the ANN fetch is at least k + this
 MAX_ANN_FETCH = 4096  # filters still short after this many candidates: search them exactly
 
-IndexSource = Literal["prebuilt", "built", "exact"]
 _NO_ROWS = np.empty(0, dtype=np.int64)
 _NO_ROWS.setflags(write=False)
 
@@ -344,30 +326,18 @@ def load_version(
         version = read_current(publish_root)
     version_dir = version_folder(publish_root, version)
     manifest = verify_version(version_dir)  # every file listed and matching its sha256
-    dim = _manifest_int(manifest, "dim", version_dir)
-    vectors_path = version_dir / VECTORS_FILE
-    ids, vectors, markets, cold_start = _read_vectors(vectors_path, dim)
-
-    n_items = _manifest_int(manifest, "n_items", version_dir)
-    if n_items != len(ids):
-        raise VersionLoadError(
-            f"{vectors_path}: {len(ids)} rows but manifest.json says n_items={n_items}"
-        )
-    row_of = _index_ids(ids, vectors_path)
-    _check_unit_norm(vectors, ids, vectors_path)
-
-    vectors.setflags(write=False)
+    columns = read_columns(version_dir, manifest)
     cfg = cfg or ServingConfig()
-    index, index_source, index_load_s = _open_index(version_dir, vectors, cfg)
+    index, index_source, index_load_s = open_index(version_dir, columns.vectors, cfg)
     loaded = LoadedVersion(
         version=version,
         path=version_dir,
         manifest=MappingProxyType(manifest),
-        ids=ids,
-        row_of=row_of,
-        vectors=vectors,
-        markets=markets,
-        is_cold_start=cold_start,
+        ids=columns.ids,
+        row_of=columns.row_of,
+        vectors=columns.vectors,
+        markets=columns.markets,
+        is_cold_start=columns.is_cold_start,
         index=index,
         index_source=index_source,
         index_load_s=index_load_s,
@@ -377,147 +347,9 @@ def load_version(
         "loaded version %s: %d items, dim %d, %s index (%.2f s), in %.2f s",
         version,
         loaded.n_items,
-        dim,
+        loaded.dim,
         index_source,
         index_load_s,
         time.perf_counter() - started,
     )
     return loaded
-
-
-def _open_index(
-    version_dir: Path, vectors: np.ndarray, cfg: ServingConfig
-) -> tuple[Any, IndexSource, float]:
-    """(index or None, where it came from, seconds spent) for the verified ``vectors``.
-
-    ``verify_version`` already checked every file of the folder against the manifest (an
-    unlisted index refuses the version); here the stored index must be whole and its metadata
-    match the vectors, or the version is refused. No stored index: one is built now.
-    """
-    n_items, dim = vectors.shape
-    if n_items < EXACT_SEARCH_MAX_ITEMS:
-        return None, "exact", 0.0
-    started = time.perf_counter()
-    stored = [version_dir / name for name in (INDEX_FILE, INDEX_META_FILE)]
-    if not any(path.exists() for path in stored):
-        logger.warning(
-            "version %s has no prebuilt ANN index (%s): building one over %d items now; "
-            "publish the index with the version to make loading fast",
-            version_dir.name,
-            INDEX_FILE,
-            n_items,
-        )
-        index = build_index(vectors, cfg)
-        return index, "built", time.perf_counter() - started
-    if not all(path.exists() for path in stored):  # verify_version checked what is listed
-        missing = [path.name for path in stored if not path.exists()]
-        raise VersionLoadError(
-            f"version {version_dir.name}: the ANN index is incomplete ({', '.join(missing)} "
-            "missing); republish the version"
-        )
-    try:
-        index = load_index(version_dir, n_items, dim, cfg)
-    except AnnIndexError as exc:
-        raise VersionLoadError(
-            f"version {version_dir.name}: the prebuilt ANN index is unusable: {exc}"
-        ) from exc
-    if index is None:  # removed between the check and the load
-        raise VersionLoadError(f"{version_dir / INDEX_FILE}: disappeared while loading")
-    return index, "prebuilt", time.perf_counter() - started
-
-
-def _manifest_int(manifest: Mapping[str, Any], key: str, version_dir: Path) -> int:
-    value = manifest.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise VersionLoadError(
-            f"{version_dir / MANIFEST}: '{key}' must be a positive integer, got {value!r}"
-        )
-    return value
-
-
-def _read_vectors(
-    vectors_path: Path, dim: int
-) -> tuple[IdColumn, np.ndarray, MarketColumn, np.ndarray | None]:
-    """(ids, vectors (n, dim) float32, markets, is_cold_start (n,) bool or None) from Parquet."""
-    try:
-        # one thread: Arrow's thread pool would compete with the requests served meanwhile,
-        # and its hand-over holds the GIL for tens of ms at 1M rows (max 60 ms vs 1 ms)
-        table = pq.read_table(vectors_path, use_threads=False)
-    except (OSError, pa.ArrowException) as exc:
-        raise VersionLoadError(f"{vectors_path}: cannot read as Parquet ({exc})") from exc
-    for column in ("item_id", "vector"):
-        if column not in table.column_names:
-            raise VersionLoadError(
-                f"{vectors_path}: no '{column}' column (has {table.column_names})"
-            )
-    if table.num_rows == 0:
-        raise VersionLoadError(f"{vectors_path}: holds no items")
-
-    item_ids = table.column("item_id")
-    if pa.types.is_dictionary(item_ids.type):
-        item_ids = item_ids.cast(pa.string())
-    if not (pa.types.is_string(item_ids.type) or pa.types.is_large_string(item_ids.type)):
-        raise VersionLoadError(f"{vectors_path}: 'item_id' is {item_ids.type}, expected string")
-    if item_ids.null_count:
-        raise VersionLoadError(f"{vectors_path}: {item_ids.null_count} rows have a null item_id")
-    vectors = _vectors_to_numpy(table.column("vector").combine_chunks(), dim, vectors_path)
-
-    market = table.column("market") if "market" in table.column_names else None
-    try:
-        ids = IdColumn.from_arrow(item_ids)
-        markets = MarketColumn.from_arrow(market, table.num_rows)
-    except (ValueError, pa.ArrowException) as exc:
-        raise VersionLoadError(f"{vectors_path}: {exc}") from exc
-    return ids, vectors, markets, _cold_start_flags(table, vectors_path)
-
-
-def _cold_start_flags(table: pa.Table, vectors_path: Path) -> np.ndarray | None:
-    """The optional ``is_cold_start`` column as a read-only bool array (null: False)."""
-    if "is_cold_start" not in table.column_names:
-        return None
-    column = table.column("is_cold_start")
-    if not pa.types.is_boolean(column.type):
-        raise VersionLoadError(f"{vectors_path}: 'is_cold_start' is {column.type}, expected bool")
-    flags = column.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)  # (n_items,)
-    flags.setflags(write=False)
-    return flags
-
-
-def _vectors_to_numpy(column: pa.Array, dim: int, vectors_path: Path) -> np.ndarray:
-    value_type = getattr(column.type, "value_type", None)
-    if value_type is None or not pa.types.is_floating(value_type):
-        raise VersionLoadError(
-            f"{vectors_path}: 'vector' is {column.type}, expected list<float32> of length {dim}"
-        )
-    if column.null_count:
-        raise VersionLoadError(f"{vectors_path}: {column.null_count} rows have a null vector")
-    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)  # (n_items,)
-    if not np.all(lengths == dim):
-        bad = int(np.flatnonzero(lengths != dim)[0])
-        raise VersionLoadError(
-            f"{vectors_path}: row {bad} has a vector of length {int(lengths[bad])}, "
-            f"but manifest.json says dim={dim}"
-        )
-    values = column.flatten()
-    if values.null_count:
-        raise VersionLoadError(f"{vectors_path}: vectors hold {values.null_count} null values")
-    flat = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=True)
-    return flat.reshape(len(column), dim)  # (n_items, dim)
-
-
-def _index_ids(ids: IdColumn, vectors_path: Path) -> IdIndex:
-    try:
-        return ids.index()
-    except ValueError as exc:  # duplicated ids, named
-        raise VersionLoadError(f"{vectors_path}: {exc}; each item must appear once") from exc
-
-
-def _check_unit_norm(vectors: np.ndarray, ids: list[str], vectors_path: Path) -> None:
-    norms = np.linalg.norm(vectors, axis=1)  # (n_items,)
-    bad_rows = np.flatnonzero(~(np.abs(norms - 1.0) <= NORM_TOLERANCE))  # NaN counts as bad
-    if bad_rows.size:
-        examples = ", ".join(f"{ids[r]!r} (norm {norms[r]:.4g})" for r in bad_rows[:3])
-        raise VersionLoadError(
-            f"{vectors_path}: {bad_rows.size} of {len(ids)} vectors are not L2-normalised "
-            f"(tolerance {NORM_TOLERANCE}), e.g. {examples}; the publisher must normalise them"
-        )

@@ -11,7 +11,7 @@ import pytest
 
 from embedding.cli import main
 from embedding.core.errors import InputError, PublishError
-from embedding.vectors import publish
+from embedding.vectors import publish, retention
 from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 from embedding.vectors.parquet_io import VECTORS_FILE
 
@@ -242,7 +242,7 @@ def test_retention_failure_does_not_fail_the_publish(
     def refuse(*args, **kwargs) -> None:
         raise PermissionError("read-only")
 
-    monkeypatch.setattr(publish, "_delete_folder", refuse)
+    monkeypatch.setattr(retention, "delete_folder", refuse)
     result = publish.finish_publish(tmp_path, _days(3)[-1], keep_versions=2)
     assert result.deleted == () and result.current == _days(3)[-1]
 

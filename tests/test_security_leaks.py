@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import serving.model
+import serving.loading
 from embedding.alerts import post_webhook
 from embedding.core.checksum import file_sha256
 from embedding.core.errors import PublishError
@@ -62,7 +62,7 @@ def test_an_index_file_the_manifest_does_not_list_is_never_loaded(tmp_path: Path
         pytest.MonkeyPatch.context() as patch,
         pytest.raises(VersionLoadError, match=r"does not list ann_index.faiss, ann_index.json"),
     ):
-        patch.setattr(serving.model, "load_index", lambda *a, **k: loads.append(a))
+        patch.setattr(serving.loading, "load_index", lambda *a, **k: loads.append(a))
         with TestClient(app):
             pass
     assert loads == []  # the crafted index was never read

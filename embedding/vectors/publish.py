@@ -10,19 +10,10 @@ version appears complete or not at all) -> replace ``CURRENT``. A rerun that fin
 version skips straight to moving ``CURRENT``, which finishes an interrupted publish. ``fault``
 is a hook called with each step's name; tests make it raise to prove the guarantees.
 
-Operations on a publish root:
-
-- ``rollback(root, version)`` points CURRENT back at an existing, verified version and writes
-  ``<root>/PINNED`` (JSON: ``version``, ``pinned_at``, ``newest_at_pin``, ``previous_current``),
-  the pin first, then CURRENT, both by atomic rename.
-- While PINNED exists, CURRENT moves only to a version trained on a day later than
-  ``newest_at_pin`` (the newest version present when the pin was set); that move removes the
-  pin. Publishing or re-finishing any version of that day or older (the bad version that was
-  rolled back, a backfill) leaves CURRENT and the pin alone.
-- ``apply_version_retention(root, keep)`` deletes version folders beyond the newest ``keep``
-  (by day), never CURRENT, the version before it or the pinned one, and rejected candidates
-  beyond the newest ``keep``; each folder is renamed to ``.tmp/.deleting-*`` and then removed,
-  so a crash never leaves a half-deleted folder that looks like a version.
+Rollback, its pin and version retention live in ``embedding.vectors.retention``: CURRENT moves
+forward only past a rollback pin (``move_current``), and ``keep_versions`` applies
+``apply_version_retention`` after a publish; its public names are re-exported here for
+callers of this module.
 """
 
 from __future__ import annotations
@@ -33,7 +24,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
@@ -43,14 +34,26 @@ from embedding.core.atomic import fsync_dir, fsync_tree, rename_durably
 from embedding.core.atomic import write_text_atomic as _write_atomic
 from embedding.core.checksum import file_sha256
 from embedding.core.checksum import source_hash as source_hash
-from embedding.core.errors import InputError, PublishError
+from embedding.core.errors import PublishError
 from embedding.core.lock import held_here
 from embedding.vectors.item_vectors import ItemVectors
 from embedding.vectors.parquet_io import VECTORS_FILE, write_vectors
+from embedding.vectors.retention import (
+    DELETING,
+    PINNED,
+    REJECTED,
+    TMP,
+    RollbackResult,
+    apply_version_retention,
+    check_version_id,
+    delete_folder,
+    previous_version,
+    read_pin,
+    rollback,
+)
 from embedding.vectors.versions import (
     CURRENT,
     MANIFEST,
-    VERSION_ID,
     VERSIONS,
     VersionError,
     current_or_none,
@@ -60,16 +63,46 @@ from embedding.vectors.versions import (
     version_names,
 )
 
+# this module's names and those its callers reach through it (retention, versions, checksum)
+__all__ = [
+    "CONTRACT_VERSION",
+    "CURRENT",
+    "DELETING",
+    "MANIFEST",
+    "PINNED",
+    "REJECTED",
+    "STALE_STAGING_S",
+    "STEPS",
+    "TMP",
+    "VERSIONS",
+    "FaultHook",
+    "PublishResult",
+    "RollbackResult",
+    "apply_version_retention",
+    "check_version_id",
+    "current_or_none",
+    "finish_publish",
+    "is_published",
+    "move_current",
+    "previous_version",
+    "publish_version",
+    "read_pin",
+    "reject_version",
+    "remove_stale_staging",
+    "rollback",
+    "source_hash",
+    "verify_version",
+    "version_day",
+    "version_id",
+    "version_names",
+]
+
 FaultHook = Callable[[str], None]
 
 logger = logging.getLogger(__name__)
 
 CONTRACT_VERSION = 1
-REJECTED = "rejected"
-TMP = ".tmp"
 STALE_STAGING_S = 3600.0  # a staging folder untouched this long belongs to a crashed publish
-PINNED = "PINNED"
-DELETING = ".deleting-"
 STEPS = ("data_written", "manifest_written", "before_rename", "after_rename", "before_current")
 
 
@@ -81,70 +114,12 @@ def version_id(last_day: date, config_hash: str, code_hash: str, input_hashes: l
     return f"{last_day:%Y%m%d}-{digest.hexdigest()[:8]}"
 
 
-def check_version_id(version: str) -> str:
-    """``version`` if it is a version id (``<YYYYMMDD>-<8 hex>``), else InputError: an id
-    from a user never reaches the file system as a path (``../x``, ``a/b``)."""
-    if not isinstance(version, str) or not VERSION_ID.fullmatch(version):
-        raise InputError(
-            f"{version!r} is not a version id (expected <YYYYMMDD>-<8 hex>, e.g. 20260108-1a2b3c4d)"
-        )
-    return version
-
-
-def previous_version(root: Path, before_day: str) -> str | None:
-    """The latest complete published version trained on days before ``before_day``
-    (YYYYMMDD): the latest last day wins; among versions of that day, ``CURRENT``, else the
-    last by name. None for the first version.
-
-    While a rollback pin holds, versions trained after the pinned one are not served, so they
-    are skipped: the pinned version (what readers get) is the one to compare against."""
-    folder = root / VERSIONS
-    pin = read_pin(root, strict=False)
-    ceiling = version_day(pin["version"]) if pin else None
-    days = {
-        name: version_day(name)
-        for name in version_names(root)
-        if version_day(name) < before_day
-        and (ceiling is None or version_day(name) <= ceiling)
-        and (folder / name / MANIFEST).is_file()
-    }
-    if not days:
-        return None
-    latest = max(days.values())
-    current = current_or_none(root)
-    if current in days and days[current] == latest:
-        return current
-    return max(name for name, day in days.items() if day == latest)
-
-
 def is_published(root: Path, version: str) -> bool:
     try:
         verify_version(root / VERSIONS / version)
     except VersionError:
         return False
     return True
-
-
-def read_pin(root: Path, strict: bool = True) -> dict | None:
-    """The rollback pin (``<root>/PINNED``), None when CURRENT is not pinned. An unreadable
-    marker raises PublishError (``strict``) or reads as no pin (``strict=False``, for callers
-    that only pick a comparison version)."""
-    path = root / PINNED
-    if not path.is_file():
-        return None
-    try:
-        pin = json.loads(path.read_text())
-        for key in ("version", "newest_at_pin", "pinned_at"):
-            if not isinstance(pin.get(key), str):
-                raise ValueError(f"no {key!r}")
-    except (ValueError, AttributeError) as exc:
-        if not strict:
-            return None
-        raise PublishError(
-            f"{path}: unreadable rollback pin ({exc}); run `python -m embedding rollback "
-            "<version>` again or delete it to lift the pin"
-        ) from exc
-    return pin
 
 
 def _pin_holds(pin: dict | None, version: str) -> bool:
@@ -155,7 +130,8 @@ def _pin_holds(pin: dict | None, version: str) -> bool:
 
 def move_current(root: Path, version: str) -> bool:
     """Point CURRENT at ``version`` unless that would move it back to an older day, or a
-    rollback pin holds (see ``rollback``); a move past the pin removes it."""
+    rollback pin holds (see ``embedding.vectors.retention.rollback``); a move past the pin
+    removes it."""
     current = current_or_none(root)
     pin = read_pin(root)
     if _pin_holds(pin, version):
@@ -254,7 +230,7 @@ def publish_version(
     if not already:
         if final.exists():  # a crash or power cut left it damaged: same inputs, so redo it
             logger.warning("%s exists but is not a complete version: replacing it", final)
-            _delete_folder(root, VERSIONS, version)
+            delete_folder(root, VERSIONS, version)
         tmp = root / TMP / f"{version}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
@@ -305,95 +281,6 @@ def _retain_after_publish(root: Path, keep: int | None, version: str) -> tuple[s
         return ()
 
 
-@dataclass(frozen=True)
-class RollbackResult:
-    version: str  # CURRENT now, pinned
-    previous_current: str | None  # CURRENT before the rollback
-    pinned_at: str
-    newest_at_pin: str  # only a version trained after this one's day moves CURRENT again
-
-
-def rollback(root: Path, version: str) -> RollbackResult:
-    """Point CURRENT at the existing, verified ``version`` (usually older than CURRENT) and pin
-    it: until a version trained after every version present now is published, no publish or
-    rerun moves CURRENT (see ``move_current``).
-
-    Raises InputError for an id that is not a version id or names no published version, and
-    PublishError for a version whose files do not match its manifest."""
-    check_version_id(version)
-    folder = root / VERSIONS / version
-    if not folder.is_dir():
-        rejected = (root / REJECTED / version).is_dir()
-        why = (
-            "it failed the quality gate (rejected/), so it was never published"
-            if rejected
-            else ("`python -m embedding versions` lists the published ones")
-        )
-        raise InputError(f"cannot roll back to {version}: not published under {root}; {why}")
-    try:
-        verify_version(folder)
-    except PublishError as exc:
-        raise PublishError(f"cannot roll back to {version}: {exc}") from exc
-    previous = current_or_none(root)
-    newest = [version, *version_names(root)]
-    if previous is not None and VERSION_ID.fullmatch(previous):
-        newest.append(previous)
-    old_pin = read_pin(root, strict=False)
-    if old_pin is not None and VERSION_ID.fullmatch(old_pin["newest_at_pin"]):
-        newest.append(old_pin["newest_at_pin"])  # a second rollback keeps the first one's bar
-    newest_at_pin = max(newest, key=lambda name: (version_day(name), name))
-    pinned_at = datetime.now(UTC).isoformat(timespec="seconds")
-    marker = {
-        "version": version,
-        "pinned_at": pinned_at,
-        "newest_at_pin": newest_at_pin,
-        "previous_current": previous,
-    }
-    # the pin first: a crash in between leaves CURRENT where it was, and already pinned
-    _write_atomic(root / PINNED, json.dumps(marker, indent=2, sort_keys=True) + "\n")
-    _write_atomic(root / CURRENT, version + "\n")
-    logger.info(
-        "rollback: CURRENT -> %s (was %s), pinned until a version trained after %s",
-        version,
-        previous,
-        version_day(newest_at_pin),
-    )
-    return RollbackResult(version, previous, pinned_at, newest_at_pin)
-
-
-def _created_at(folder: Path) -> str:
-    try:
-        return str(json.loads((folder / MANIFEST).read_text()).get("created_at", ""))
-    except (OSError, ValueError, AttributeError):
-        return ""
-
-
-def _newest_first(root: Path, kind: str) -> list[str]:
-    """Folders of ``kind``, newest first: by day, then creation time, then name."""
-    names = version_names(root, kind)
-    return sorted(
-        names,
-        key=lambda name: (version_day(name), _created_at(root / kind / name), name),
-        reverse=True,
-    )
-
-
-def _delete_folder(root: Path, kind: str, name: str) -> None:
-    """Rename out of ``kind`` first (atomic), then remove: never a half-deleted version."""
-    scratch = root / TMP
-    scratch.mkdir(parents=True, exist_ok=True)
-    doomed = scratch / f"{DELETING}{kind}-{name}-{uuid.uuid4().hex[:8]}"
-    rename_durably(root / kind / name, doomed)
-    shutil.rmtree(doomed)
-
-
-def _remove_stale_deletions(root: Path) -> None:
-    """Finish deletions a crash interrupted (their folders are already out of sight)."""
-    scratch = root / TMP
-    for path in scratch.glob(f"{DELETING}*") if scratch.is_dir() else []:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def remove_stale_staging(root: Path, older_than_s: float = STALE_STAGING_S) -> list[str]:
     """Remove the ``.tmp/<version>-<nonce>`` folders of publishes that crashed: those untouched
     for ``older_than_s`` (a younger one may belong to a publish still writing). Returns the
@@ -417,36 +304,6 @@ def remove_stale_staging(root: Path, older_than_s: float = STALE_STAGING_S) -> l
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
     return removed
-
-
-def apply_version_retention(root: Path, keep: int, protect: Iterable[str] = ()) -> list[str]:
-    """Delete the version folders beyond the newest ``keep`` (by day, then creation time) and
-    the rejected candidates beyond the newest ``keep``. Never deleted: CURRENT, the published
-    version before it (``previous_version``, the fallback a reader may still hold), the pinned
-    version, and ``protect``. Returns what was deleted, as ``versions/<v>`` and
-    ``rejected/<v>``, oldest last."""
-    if keep < 1:
-        raise ValueError(f"keep must be at least 1, got {keep}")
-    _remove_stale_deletions(root)
-    current = current_or_none(root)
-    pin = read_pin(root)  # an unreadable pin: delete nothing rather than guess
-    kept = set(protect)
-    if current is not None:
-        kept.add(current)
-        before = previous_version(root, version_day(current))
-        if before is not None:
-            kept.add(before)
-    if pin is not None:
-        kept.add(pin["version"])
-    deleted = []
-    for kind, spared in ((VERSIONS, kept), (REJECTED, set())):
-        for name in _newest_first(root, kind)[keep:]:
-            if name in spared:
-                continue
-            _delete_folder(root, kind, name)
-            deleted.append(f"{kind}/{name}")
-            logger.info("retention: deleted %s/%s", kind, name)
-    return deleted
 
 
 def reject_version(

@@ -95,13 +95,19 @@ class JsonSafeErrorsRoute(APIRoute):
 def build_router(max_k: int) -> APIRouter:
     """The neighbour routes, with ``k`` capped at ``max_k`` (from config at app creation)."""
     router = APIRouter(tags=["neighbors"], route_class=JsonSafeErrorsRoute)
-    default_k = min(DEFAULT_K, max_k)
-
-    def capped(k: int) -> int:
-        return min(k, max_k)
-
     # registered before GET /items/{item_id}: both take '/' in ids (sent as %2F), and Starlette
     # tries routes in order, so '/items/a/similar' must meet this one first
+    _add_similar_items(router, max_k)
+    _add_get_item(router)
+    _add_similar_to_query(router, max_k)
+    _add_similar_batch(router, max_k)
+    return router
+
+
+def _add_similar_items(router: APIRouter, max_k: int) -> None:
+    """``GET /items/{item_id}/similar``."""
+    default_k = min(DEFAULT_K, max_k)
+
     @router.get(
         "/items/{item_id:path}/similar",
         response_model=SimilarItems,
@@ -118,7 +124,7 @@ def build_router(max_k: int) -> APIRouter:
         # the hot path: answered on the event loop (one ANN query, a fraction of a millisecond)
         # and written straight to JSON; a threadpool hop and response-model validation would
         # cost more than the search itself. The body has SimilarItems' shape.
-        k = capped(k)
+        k = min(k, max_k)
         try:
             neighbors = loaded.similar(
                 item_id, k, market=market, exclude=exclude, blocked_rows=blocked
@@ -134,6 +140,10 @@ def build_router(max_k: int) -> APIRouter:
             ],
         }
         return Response(_dumps(body), media_type="application/json")
+
+
+def _add_get_item(router: APIRouter) -> None:
+    """``GET /items/{item_id}``."""
 
     @router.get(
         "/items/{item_id:path}",
@@ -155,6 +165,10 @@ def build_router(max_k: int) -> APIRouter:
             is_blocked=item_id in request.app.state.blocklist.current,
         )
 
+
+def _add_similar_to_query(router: APIRouter, max_k: int) -> None:
+    """``POST /similar``."""
+
     @router.post(
         "/similar",
         response_model=SimilarResult,
@@ -168,37 +182,8 @@ def build_router(max_k: int) -> APIRouter:
     async def similar_to_query(
         query: SimilarQuery, loaded: LoadedDep, blocked: BlockedRowsDep
     ) -> SimilarResult:
-        k = capped(query.k)
-        exclude: list[str] = list(query.exclude)
-        if query.item_ids is not None:
-            unknown = [i for i in query.item_ids if i not in loaded.row_of]
-            if unknown:
-                raise _unknown(loaded, unknown)
-            rows = [loaded.row_of[i] for i in query.item_ids]
-            vector = loaded.vectors[rows].astype(np.float64).mean(axis=0)  # (dim,)
-            exclude.extend(query.item_ids)
-            if not np.any(vector):  # a 422 of the validation shape the spec documents
-                raise RequestValidationError(
-                    [
-                        {
-                            "type": "value_error",
-                            "loc": ["body", "item_ids"],
-                            "msg": "the items' vectors cancel out: their mean has no direction",
-                            "input": query.item_ids,
-                        }
-                    ]
-                )
-        else:
-            if query.version != loaded.version:
-                raise HTTPException(
-                    status_code=status.HTTP_409_CONFLICT,
-                    detail=(
-                        f"vector is from version {query.version!r} but version "
-                        f"{loaded.version} is served; vectors of different versions are not "
-                        f"comparable: fetch it again from GET /items/{{item_id}}"
-                    ),
-                )
-            vector = _rescaled(query.vector)
+        k = min(query.k, max_k)
+        vector, exclude = _query_vector(query, loaded)
         try:
             neighbors = loaded.similar_to_vector(
                 vector, k, market=query.market, exclude=exclude, blocked_rows=blocked
@@ -211,6 +196,10 @@ def build_router(max_k: int) -> APIRouter:
             ) from None
         return SimilarResult(version=loaded.version, k=k, neighbors=_public(neighbors))
 
+
+def _add_similar_batch(router: APIRouter, max_k: int) -> None:
+    """``POST /similar/batch``."""
+
     # sync on purpose: up to MAX_IDS searches, run in the threadpool so they do not stall the
     # event loop (the single-item routes above are async: one search costs less than a hop)
     @router.post(
@@ -221,7 +210,7 @@ def build_router(max_k: int) -> APIRouter:
     def similar_batch(
         query: BatchQuery, loaded: LoadedDep, blocked: BlockedRowsDep, _: HeavySlotDep
     ) -> BatchResult:
-        k = capped(query.k)
+        k = min(query.k, max_k)
         results: list[ItemNeighbors] = []
         unknown: list[str] = []
         for item_id in query.item_ids:
@@ -232,7 +221,44 @@ def build_router(max_k: int) -> APIRouter:
             results.append(ItemNeighbors(item_id=item_id, neighbors=_public(neighbors)))
         return BatchResult(version=loaded.version, k=k, results=results, unknown=unknown)
 
-    return router
+
+def _query_vector(query: SimilarQuery, loaded: LoadedVersion) -> tuple[np.ndarray, list[str]]:
+    """(the vector ``POST /similar`` searches around, the ids never returned).
+
+    Raises:
+        HTTPException: 404 for unknown ``item_ids``, 409 for a vector of another version.
+        RequestValidationError: the items' vectors cancel out (a 422).
+    """
+    exclude: list[str] = list(query.exclude)
+    if query.item_ids is None:
+        if query.version != loaded.version:
+            raise HTTPException(
+                status_code=status.HTTP_409_CONFLICT,
+                detail=(
+                    f"vector is from version {query.version!r} but version "
+                    f"{loaded.version} is served; vectors of different versions are not "
+                    f"comparable: fetch it again from GET /items/{{item_id}}"
+                ),
+            )
+        return _rescaled(query.vector), exclude
+    unknown = [i for i in query.item_ids if i not in loaded.row_of]
+    if unknown:
+        raise _unknown(loaded, unknown)
+    rows = [loaded.row_of[i] for i in query.item_ids]
+    vector = loaded.vectors[rows].astype(np.float64).mean(axis=0)  # (dim,)
+    exclude.extend(query.item_ids)
+    if not np.any(vector):  # a 422 of the validation shape the spec documents
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ["body", "item_ids"],
+                    "msg": "the items' vectors cancel out: their mean has no direction",
+                    "input": query.item_ids,
+                }
+            ]
+        )
+    return vector, exclude
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
