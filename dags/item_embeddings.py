@@ -24,11 +24,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:  # the project is importable without an install too
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from embedding.alerts import on_failure  # noqa: E402 -- standard library only
+from embedding.alerts import task_defaults  # noqa: E402 -- standard library only
 
 CONF = os.environ.get("EMBEDDING_CONF", str(PROJECT_ROOT / "conf" / "default.yaml"))
 CATCHUP = os.environ.get("EMBEDDING_CATCHUP", "false").lower() in ("1", "true", "yes")
-RETRIES = int(os.environ.get("EMBEDDING_RETRIES", "2"))
 # the first data interval the schedule (and a backfill) may cover; e.g. 2018-11-06 for trivago
 START = pendulum.parse(os.environ.get("EMBEDDING_START_DATE", "2026-01-01"), tz="UTC")
 PUBLISHED = Asset(name="item_vectors", uri="file:///item-embeddings/published")
@@ -218,15 +217,11 @@ def retention(published: dict) -> list[str]:
     start_date=START,
     catchup=CATCHUP,
     max_active_runs=1,
-    default_args={
-        "owner": "recsys-embeddings",
-        "retries": RETRIES,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=15),
-        "execution_timeout": timedelta(hours=2),
-        "on_failure_callback": on_failure,
-    },
+    default_args=task_defaults(
+        timedelta(minutes=1),
+        max_retry_delay=timedelta(minutes=15),
+        execution_timeout=timedelta(hours=2),
+    ),
     params={
         "conf": Param(None, type=["null", "string"], description="config file (default: env)"),
         "overrides": Param([], type="array", description="key=value config overrides"),

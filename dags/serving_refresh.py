@@ -19,10 +19,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:  # the project is importable without an install too
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from embedding.alerts import on_failure  # noqa: E402 -- standard library only
+from embedding.alerts import task_defaults  # noqa: E402 -- standard library only
 
 CONF = os.environ.get("EMBEDDING_CONF", str(PROJECT_ROOT / "conf" / "default.yaml"))
-RETRIES = int(os.environ.get("EMBEDDING_RETRIES", "2"))
 # the same Asset the daily DAG's publish task emits (name and URI must match)
 PUBLISHED = Asset(name="item_vectors", uri="file:///item-embeddings/published")
 
@@ -40,14 +39,7 @@ def _config():
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "owner": "recsys-embeddings",
-        "retries": RETRIES,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": True,
-        "execution_timeout": timedelta(minutes=15),
-        "on_failure_callback": on_failure,
-    },
+    default_args=task_defaults(timedelta(seconds=30), execution_timeout=timedelta(minutes=15)),
     params={
         "conf": Param(None, type=["null", "string"], description="config file (default: env)"),
         "overrides": Param([], type="array", description="key=value config overrides"),

@@ -5,7 +5,8 @@ names the DAG, task, try, data interval and the error's first line, so one grep 
 failure. When the environment variable ``EMBEDDING_ALERT_WEBHOOK`` holds a URL, the same
 text is posted there as JSON (``{"text": ..., "dag_id": ..., ...}``, Slack-compatible); a
 webhook that fails is logged, never raised: an alert must not hide the failure it reports.
-Standard library only: the DAG file imports this at parse time.
+``task_defaults`` gives both DAGs the same ``default_args`` (owner, retries with backoff, this
+alert on failure). Standard library only: the DAG files import this at parse time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 logger = logging.getLogger("embedding.alerts")
@@ -93,3 +95,17 @@ def on_failure(context: Mapping[str, Any]) -> None:
     url = os.environ.get(WEBHOOK_ENV, "").strip()
     if url:
         post_webhook(url, {"text": line, **fields})
+
+
+def task_defaults(retry_delay: timedelta, **extra: Any) -> dict[str, Any]:
+    """The DAGs' ``default_args``: retries (``$EMBEDDING_RETRIES``, default 2) backing off
+    exponentially from ``retry_delay``, ``on_failure`` as the failure callback, and ``extra``
+    (e.g. an execution timeout)."""
+    return {
+        "owner": "recsys-embeddings",
+        "retries": int(os.environ.get("EMBEDDING_RETRIES", "2")),
+        "retry_delay": retry_delay,
+        "retry_exponential_backoff": True,
+        "on_failure_callback": on_failure,
+        **extra,
+    }

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedding.core.errors import EmbeddingError
+from serving.columns import string_item_ids
 
 if TYPE_CHECKING:
     from serving.model import LoadedVersion
@@ -122,13 +123,10 @@ def _read_parquet_ids(path: Path) -> list[str]:
         table = pq.read_table(path, columns=["item_id"])
     except (OSError, pa.ArrowException, KeyError) as exc:
         raise BlocklistError(f"{path}: cannot read an 'item_id' column as Parquet ({exc})") from exc
-    column = table.column("item_id")
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(pa.string())
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise BlocklistError(f"{path}: 'item_id' is {column.type}, expected string")
-    if column.null_count:
-        raise BlocklistError(f"{path}: {column.null_count} rows have a null item_id")
+    try:
+        column = string_item_ids(table.column("item_id"), path)
+    except ValueError as exc:
+        raise BlocklistError(str(exc)) from exc
     return [i for i in column.to_pylist() if i]
 
 

@@ -15,12 +15,28 @@ Arrow work (the GIL is released in the long steps); freeing them is freeing a fe
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 _CHUNK = 65_536  # rows copied into the byte matrix at once (bounds the temporary index arrays)
+
+
+def string_item_ids(column: pa.ChunkedArray, where: Path | str) -> pa.ChunkedArray:
+    """An ``item_id`` column as strings (dictionary-encoded ones decoded).
+
+    Raises:
+        ValueError: it is not a string column, or has nulls; the message names ``where``.
+    """
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(pa.string())
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise ValueError(f"{where}: 'item_id' is {column.type}, expected string")
+    if column.null_count:
+        raise ValueError(f"{where}: {column.null_count} rows have a null item_id")
+    return column
 
 
 class IdColumn(Sequence[str]):

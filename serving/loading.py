@@ -44,7 +44,7 @@ from embedding.vectors.ann_index import (
 )
 from embedding.vectors.parquet_io import VECTORS_FILE
 from embedding.vectors.versions import MANIFEST, VersionError
-from serving.columns import IdColumn, IdIndex, MarketColumn
+from serving.columns import IdColumn, IdIndex, MarketColumn, string_item_ids
 
 logger = logging.getLogger(__name__)
 
@@ -150,13 +150,10 @@ def _read_vectors(
     if table.num_rows == 0:
         raise VersionError(f"{vectors_path}: holds no items")
 
-    item_ids = table.column("item_id")
-    if pa.types.is_dictionary(item_ids.type):
-        item_ids = item_ids.cast(pa.string())
-    if not (pa.types.is_string(item_ids.type) or pa.types.is_large_string(item_ids.type)):
-        raise VersionError(f"{vectors_path}: 'item_id' is {item_ids.type}, expected string")
-    if item_ids.null_count:
-        raise VersionError(f"{vectors_path}: {item_ids.null_count} rows have a null item_id")
+    try:
+        item_ids = string_item_ids(table.column("item_id"), vectors_path)
+    except ValueError as exc:
+        raise VersionError(str(exc)) from exc
     vectors = _vectors_to_numpy(table.column("vector").combine_chunks(), dim, vectors_path)
 
     market = table.column("market") if "market" in table.column_names else None

@@ -18,10 +18,10 @@ def _similarities(
     anchors: Tensor,
     positives: Tensor,
     positive_ids: Tensor | None,
-    hard: Tensor | None,
-    hard_ids: Tensor | None,
-    queue: Tensor | None,
-    queue_ids: Tensor | None,
+    hard: Tensor | None = None,
+    hard_ids: Tensor | None = None,
+    queue: Tensor | None = None,
+    queue_ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Cosines (B, B + H + Q) of each anchor to the in-batch positives, its own hard negatives
     and the queue, and the mask of columns that must not count (false negatives, empty slots).
@@ -59,10 +59,7 @@ def contrastive_logits(
     positive_ids: Tensor | None = None,
     *,
     log_q: Tensor | None = None,
-    hard: Tensor | None = None,
-    hard_ids: Tensor | None = None,
-    queue: Tensor | None = None,
-    queue_ids: Tensor | None = None,
+    **negatives: Tensor | None,
 ) -> Tensor:
     """Logits (B, B + H + Q) of row i against: the B in-batch positives (column i is its
     answer), its H hard negatives ``hard`` (B, H, D) and the Q queue vectors (Q, D).
@@ -73,7 +70,7 @@ def contrastive_logits(
     (B,)), hard negatives with id < 0 or equal to the positive (``hard_ids`` (B, H)), and queue
     entries equal to the positive (``queue_ids`` (Q,)).
     """
-    cos, masked = _similarities(anchors, positives, positive_ids, hard, hard_ids, queue, queue_ids)
+    cos, masked = _similarities(anchors, positives, positive_ids, **negatives)
     logits = cos / temperature
     if log_q is not None:
         batch = anchors.size(0)
@@ -88,30 +85,16 @@ def info_nce(
     positives: Tensor,
     temperature: float | Tensor,
     positive_ids: Tensor | None = None,
-    *,
-    log_q: Tensor | None = None,
-    hard: Tensor | None = None,
-    hard_ids: Tensor | None = None,
-    queue: Tensor | None = None,
-    queue_ids: Tensor | None = None,
+    **negatives: Tensor | None,
 ) -> Tensor:
     """Contrastive loss with in-batch negatives: row i's match is positives[i].
 
     ``positive_ids`` (B,) masks columns holding the same item as row i's positive, which would
-    otherwise count as negatives. Scale = 1 / temperature. The keyword arguments add logQ
-    correction, hard negatives and queue negatives (see ``contrastive_logits``).
+    otherwise count as negatives. Scale = 1 / temperature. The keyword arguments are those of
+    ``contrastive_logits``: logQ correction (``log_q``), hard negatives (``hard``,
+    ``hard_ids``) and queue negatives (``queue``, ``queue_ids``).
     """
-    logits = contrastive_logits(
-        anchors,
-        positives,
-        temperature,
-        positive_ids,
-        log_q=log_q,
-        hard=hard,
-        hard_ids=hard_ids,
-        queue=queue,
-        queue_ids=queue_ids,
-    )
+    logits = contrastive_logits(anchors, positives, temperature, positive_ids, **negatives)
     target = torch.arange(anchors.size(0), device=anchors.device)  # (B,)
     return F.cross_entropy(logits, target)
 
@@ -121,16 +104,13 @@ def triplet_loss(
     positives: Tensor,
     margin: float,
     positive_ids: Tensor | None = None,
-    *,
-    hard: Tensor | None = None,
-    hard_ids: Tensor | None = None,
-    queue: Tensor | None = None,
-    queue_ids: Tensor | None = None,
+    **negatives: Tensor | None,
 ) -> Tensor:
     """Mean over rows of relu(margin - cos(a, p) + cos(a, n)), n the hardest (highest cosine)
     unmasked negative of the row among the other in-batch positives, its hard negatives and the
-    queue (same masks as ``contrastive_logits``). A row without any negative contributes 0."""
-    cos, masked = _similarities(anchors, positives, positive_ids, hard, hard_ids, queue, queue_ids)
+    queue (``hard``, ``hard_ids``, ``queue``, ``queue_ids``; same masks as
+    ``contrastive_logits``). A row without any negative contributes 0."""
+    cos, masked = _similarities(anchors, positives, positive_ids, **negatives)
     batch = anchors.size(0)
     eye = torch.zeros_like(masked)
     eye[:, :batch] = torch.eye(batch, dtype=torch.bool, device=masked.device)
