@@ -9,7 +9,8 @@ import pytest
 from bench.frozen_eval import expected_ranks
 from embedding.core.config import GateConfig, SourceConfig, Word2VecParams
 from embedding.core.errors import InputError
-from embedding.quality.evaluate import bootstrap_lift, check_gate
+from embedding.quality.evaluate import bootstrap_lift
+from embedding.quality.gate import check_gate
 from embedding.train.auto_params import derived_dim, derived_epochs, derived_sample, resolve
 from jobs.days import outlier_days
 from jobs.ingest import resolve_columns
@@ -71,11 +72,11 @@ def test_gate_needs_a_confident_lift_over_popularity() -> None:
                "cand": {"hr@10": strong.mean()}, "lift_ci": {}}  # fmt: skip
     metrics["lift_ci"]["cand"] = bootstrap_lift(strong, popularity, sessions, gate, seed=1)
     assert metrics["lift_ci"]["cand"]["lower"] > 0
-    assert check_gate(metrics, "cand", gate)["passed"]
+    assert check_gate(metrics, "cand", gate).passed
     metrics["cand"]["hr@10"] = noise.mean() + 1e-9
     metrics["lift_ci"]["cand"] = bootstrap_lift(noise, popularity, sessions, gate, seed=1)
     verdict = check_gate(metrics, "cand", gate)
-    assert not verdict["passed"] and "not > 0" in verdict["reason"]
+    assert not verdict.passed and "not > 0" in verdict.reason
 
 
 def test_ties_count_at_their_expected_rank_and_the_query_is_left_out() -> None:

@@ -16,13 +16,13 @@ import pytest
 from embedding.core.config import EvaluateConfig, GateConfig
 from embedding.quality.evaluate import (
     MISS,
-    check_gate,
     embedding_ranks,
     neighbour_stability,
     next_item_cases,
     popularity_ranks,
     ranking_metrics,
 )
+from embedding.quality.gate import check_gate
 from embedding.quality.holdout import split_holdout
 from embedding.vectors.item_vectors import ItemVectors, normalize_rows
 
@@ -131,11 +131,11 @@ def test_check_gate_at_the_threshold(
 ) -> None:
     gate = GateConfig(metric="hr@10", min_value=min_value, min_lift_over_popularity=lift)
     verdict = check_gate(gate_metrics(0.5, 0.25), "finetuned", gate)
-    assert verdict["passed"] is passed
-    assert verdict["required"] == required
-    assert verdict["value"] == 0.5
-    assert verdict["metric"] == "hr@10"
-    assert ("finetuned hr@10 0.5000 >=" in verdict["reason"]) is passed
+    assert verdict.passed is passed
+    assert verdict.required == required
+    assert verdict.value == 0.5
+    assert verdict.metric == "hr@10"
+    assert ("finetuned hr@10 0.5000 >=" in verdict.reason) is passed
 
 
 def test_check_gate_uses_the_configured_metric() -> None:
@@ -143,15 +143,15 @@ def test_check_gate_uses_the_configured_metric() -> None:
     metrics["finetuned"]["mrr@20"] = 0.1
     gate = GateConfig(metric="mrr@20", min_value=0.0, min_lift_over_popularity=1.0)
     verdict = check_gate(metrics, "finetuned", gate)
-    assert not verdict["passed"]
-    assert verdict["metric"] == "mrr@20"
+    assert not verdict.passed
+    assert verdict.metric == "mrr@20"
 
 
 def test_check_gate_fails_without_cases() -> None:
     gate = GateConfig(metric="hr@10", min_value=0.0, min_lift_over_popularity=0.0)
     verdict = check_gate(gate_metrics(0.0, 0.0, n_cases=0), "finetuned", gate)
-    assert verdict["passed"] is False
-    assert verdict["reason"] == "no evaluation cases in the holdout"
+    assert verdict.passed is False
+    assert verdict.reason == "no evaluation cases in the holdout"
 
 
 # --- split_holdout ---------------------------------------------------------------------------
@@ -372,10 +372,10 @@ def test_check_gate_against_the_previous_version(
         metrics["previous"] = {"version": "20260107-abcd", "hr@10": previous}
     gate = GateConfig(metric="hr@10", min_value=0.0, max_drop_vs_previous=0.1)
     verdict = check_gate(metrics, "finetuned", gate)
-    assert verdict["passed"] is passed
-    assert verdict["required"] == pytest.approx(required)
-    assert verdict["previous_version"] == (None if previous is None else "20260107-abcd")
-    assert ("no previous version" in verdict["reason"]) is (previous is None)
+    assert verdict.passed is passed
+    assert verdict.required == pytest.approx(required)
+    assert verdict.previous_version == (None if previous is None else "20260107-abcd")
+    assert ("no previous version" in verdict.reason) is (previous is None)
 
 
 def test_neighbour_stability_sees_a_reshuffled_space() -> None:

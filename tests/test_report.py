@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
+from embedding.quality.gate import GateVerdict
 from embedding.quality.report import (
     ReportData,
     candidates,
@@ -251,14 +252,14 @@ def data() -> ReportData:
     return ReportData(
         version="v-2026-01-08",
         metrics=full_metrics(),
-        gate={
-            "passed": True,
-            "metric": "hr@10",
-            "value": 0.21,
-            "required": 0.15,
-            "reason": GATE_REASON,
-            "previous_version": "v-previous",
-        },
+        gate=GateVerdict(
+            passed=True,
+            metric="hr@10",
+            value=0.21,
+            required=0.15,
+            reason=GATE_REASON,
+            previous_version="v-previous",
+        ),
         vectors=vectors,
         markets=markets,
         word2vec_history=[
@@ -350,7 +351,7 @@ def test_missing_parts_render_with_notes_and_no_empty_plots(data: ReportData) ->
     sparse = replace(
         data,
         metrics=metrics,
-        gate={**data.gate, "previous_version": None},
+        gate=replace(data.gate, previous_version=None),
         word2vec_history=[],
         finetune_history=[],
         finetune_stats={},
@@ -381,7 +382,7 @@ def test_bare_metrics_do_not_crash(data: ReportData) -> None:
     bare = replace(
         data,
         metrics={"n_cases": 0, "coverage": 0.0, "holdout": "last day"},
-        gate={"passed": False, "reason": "no evaluation cases in the holdout"},
+        gate=GateVerdict(passed=False, reason="no evaluation cases in the holdout"),
     )
     parsed = parse(render_report(bare, n_examples=1, k=3))
     assert parsed.sections == SECTIONS
@@ -455,7 +456,7 @@ def test_loss_comparison_read_from_the_finetune_stats(data: ReportData) -> None:
 
 
 def test_without_comparison_or_selection_the_sections_say_so(data: ReportData) -> None:
-    # built as embedding.stages.pipeline.version_report built it before these fields existed
+    # built as embedding.stages.publish.version_report built it before these fields existed
     bare = ReportData(
         version=data.version,
         metrics={

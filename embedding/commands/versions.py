@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedding.commands.common import config_of, format_metrics
 from embedding.core.errors import InputError, PublishError
+from embedding.quality.gate import GateVerdict
 
 if TYPE_CHECKING:
     from embedding.core.config import Config
@@ -25,15 +27,13 @@ def _day(version: str) -> str:
     return f"{day[:4]}-{day[4:6]}-{day[6:]}" if len(day) == 8 and day.isdigit() else day
 
 
-def _gate_summary(gate: dict) -> str:
-    if not gate:
+def _gate_summary(gate: GateVerdict | None) -> str:
+    if gate is None:
         return "gate -"
-    value = gate.get("value")
-    figure = f"{value:.4f}" if isinstance(value, int | float) else "-"
-    required = gate.get("required")
-    need = f" (needs {required:.4f})" if isinstance(required, int | float) else ""
-    verdict = "passed" if gate.get("passed") else "failed"
-    return f"{gate.get('metric', 'gate')} {figure}{need} {verdict}"
+    figure = f"{gate.value:.4f}" if isinstance(gate.value, int | float) else "-"
+    need = f" (needs {gate.required:.4f})" if isinstance(gate.required, int | float) else ""
+    verdict = "passed" if gate.passed else "failed"
+    return f"{gate.metric or 'gate'} {figure}{need} {verdict}"
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
@@ -82,14 +82,15 @@ def cmd_versions(args: argparse.Namespace) -> int:
         if manifest is None:
             print(f"{mark} {name:<{width}}  {_day(name)}  {state:<9}  incomplete: no {MANIFEST}")
             continue
-        gate = manifest.get("gate") or {}
+        raw = manifest.get("gate")
+        gate = GateVerdict.from_dict(raw) if isinstance(raw, Mapping) and raw else None
         line = (
             f"{mark} {name:<{width}}  {_day(name)}  {state:<9}  "
             f"{manifest.get('n_items', '?'):>7} items  dim {manifest.get('dim', '?')}  "
             f"{_gate_summary(gate)}"
         )
-        if kind == REJECTED and gate.get("reason"):
-            line += f": {gate['reason']}"
+        if kind == REJECTED and gate is not None and gate.reason:
+            line += f": {gate.reason}"
         print(line)
     if current is None:
         print("CURRENT: none")

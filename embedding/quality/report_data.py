@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from embedding.quality.gate import GateVerdict
 from embedding.vectors.item_vectors import ItemVectors
 
 CANDIDATES = ("word2vec", "finetuned")  # the publishable candidates, in order
@@ -29,9 +30,7 @@ class ReportData:
     version: str
     # embedding.quality.evaluate.evaluate_candidates (+ "holdout", "published", "previous")
     metrics: dict
-    gate: (
-        dict  # embedding.quality.evaluate.check_gate: passed, metric, value, required, reason, ...
-    )
+    gate: GateVerdict  # embedding.quality.gate.check_gate's
     vectors: ItemVectors
     markets: Mapping[str, str | None]  # item_id -> market (None or absent: unknown)
     word2vec_history: Sequence[dict] = ()  # per epoch: epoch, loss, words_per_s

@@ -35,7 +35,7 @@ from embedding.quality.report_html import (
 def summary_section(data: ReportData) -> str:
     metrics, gate = data.metrics, data.gate
     interval = data.data_interval or {}
-    passed = bool(gate.get("passed"))
+    passed = gate.passed
     verdict = "passed" if passed else "failed"
     n_cases = metrics.get("n_cases")
     n_total = metrics.get("n_cases_total")
@@ -59,13 +59,13 @@ def summary_section(data: ReportData) -> str:
             str(published_name(metrics) or NOT_AVAILABLE)
             + (" (chosen on the validation split)" if selection_of(metrics) else ""),
         ),
-        ("previous version", str(gate.get("previous_version") or "none")),
+        ("previous version", str(gate.previous_version or "none")),
     ]
     gate_box = (
         f'<div class="gate {verdict}"><strong>Quality gate {verdict}</strong>: '
-        f"{esc(gate.get('metric', '?'))} {esc(fmt(gate.get('value')))}, "
-        f"required {esc(fmt(gate.get('required')))}"
-        f'<br><span class="reason">{esc(gate.get("reason", ""))}</span></div>'
+        f"{esc(gate.metric or '?')} {esc(fmt(gate.value))}, "
+        f"required {esc(fmt(gate.required))}"
+        f'<br><span class="reason">{esc(gate.reason)}</span></div>'
     )
     return html_section(
         "summary", f"Version {data.version}", gate_box + "\n" + html_table((), rows)

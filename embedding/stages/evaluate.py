@@ -16,7 +16,7 @@ from embedding.core.errors import QualityGateError
 from embedding.stages.inputs import item_markets, load_window, test_conversions
 from embedding.stages.plan import RunPlan, artefact
 from embedding.stages.publish import REPORT_FILE, manifest_fields, version_report
-from embedding.stages.results import ColdStart, Evaluation, GateVerdict
+from embedding.stages.results import ColdStart, Evaluation
 from embedding.stages.train import SELECTABLE, load_candidates
 from embedding.vectors import publish
 from embedding.vectors.parquet_io import VECTORS_FILE, read_vectors
@@ -69,7 +69,7 @@ def evaluate_stage(cfg: Config, plan: RunPlan) -> Evaluation:
             old, previous, candidates[metrics["published"]], data.test_sessions,
             cfg.evaluate, cfg.seed,
         )  # fmt: skip
-    gate = GateVerdict.from_dict(check_gate(metrics, metrics["published"], cfg.gate))
+    gate = check_gate(metrics, metrics["published"], cfg.gate)
     result = Evaluation(metrics, gate)
     chaos.point("evaluate.scored")
     write_text_atomic(out, json.dumps(result.to_dict(), indent=1))

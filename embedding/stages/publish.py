@@ -60,12 +60,13 @@ def version_report(
     version: str, manifest: dict, vectors: ItemVectors, markets: dict, seed: int = 0
 ) -> str:
     """The HTML report of a version from its manifest fields and vectors (CONTRACTS §2)."""
+    from embedding.quality.gate import GateVerdict
     from embedding.quality.report import ReportData, render_report
 
     data = ReportData(
         version=version,
         metrics=manifest.get("metrics", {}),
-        gate=manifest.get("gate", {}),
+        gate=GateVerdict.from_dict(manifest.get("gate") or {}),
         vectors=vectors,
         markets=markets,
         word2vec_history=manifest.get("word2vec", {}).get("history", []),

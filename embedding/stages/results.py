@@ -11,32 +11,13 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from embedding.core.ingest_summary import SessionizeResult
+from embedding.quality.gate import GateVerdict
 from embedding.stages.plan import RunPlan
 
 
 def _known(cls: type, data: dict) -> dict:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in data.items() if k in names}
-
-
-@dataclass(frozen=True)
-class GateVerdict:
-    """The quality gate's verdict (``embedding.quality.evaluate.check_gate``)."""
-
-    passed: bool
-    reason: str
-    metric: str | None = None
-    value: float | None = None
-    required: float | None = None
-    lift_lower_bound: float | None = None
-    previous_version: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GateVerdict:
-        return cls(**_known(cls, {"passed": False, "reason": "", **data}))
 
 
 @dataclass(frozen=True)
