@@ -27,6 +27,7 @@ EXPECTED_TASKS = {
         "train",
         "finetune",
         "evaluate",
+        "cold_start",
         "gate",
         "publish",
         "retention",
