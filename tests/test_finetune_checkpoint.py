@@ -93,6 +93,7 @@ def test_an_early_stopped_finetune_rerun_returns_its_result_without_training(
     checkpoint = tmp_path / "finetuned.ckpt"
     first, first_stats = run(params, checkpoint)
     assert first_stats.epochs_run < params.epochs  # stopped early
+    caplog.clear()  # the first run's lines, when an earlier test left the logger at INFO
     with caplog.at_level(logging.INFO, logger="embedding.train.finetune"):
         again, again_stats = run(params, checkpoint)
     assert f"resuming from epoch {first_stats.epochs_run} of {checkpoint}" in caplog.text
