@@ -27,11 +27,11 @@ logger = logging.getLogger(__name__)
 def evaluate_stage(cfg: Config, plan: RunPlan) -> Evaluation:
     """Metrics of every candidate and the popularity baseline, and the gate verdict."""
     from embedding.quality.evaluate import (
-        check_gate,
         evaluate_candidates,
         score_previous,
         select_on_validation,
     )
+    from embedding.quality.gate import check_gate
 
     out = artefact(plan, "metrics.json")
     if plan.already_published:
