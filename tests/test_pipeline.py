@@ -107,7 +107,10 @@ def test_gate_refuses_a_broken_model_that_falls_below_the_previous_version(
     shutil.copytree(generated_run["paths"].work_dir, work)
     paths = Paths(generated_run["paths"].input, str(tmp_path / "pub"), str(work))
     good = run_pipeline(
-        small_config(**{"window.days": 7}), paths, (date(2026, 1, 1), date(2026, 1, 8))
+        small_config(**{"window.days": 7}),
+        paths,
+        (date(2026, 1, 1), date(2026, 1, 8)),
+        sessionize=run_sessionize,  # the launched job: test_sessionize_app, test_zero_config
     )
     first = good.published.version
     assert first.startswith("20260107-") and good.metrics["previous"] is None
@@ -116,7 +119,7 @@ def test_gate_refuses_a_broken_model_that_falls_below_the_previous_version(
                              "finetune.enabled": False, "gate.min_value": 0.0,
                              "gate.min_lift_over_popularity": 0.0})  # fmt: skip
     with pytest.raises(QualityGateError, match=f"previous {first}") as failure:
-        run_pipeline(broken, paths, (date(2026, 1, 2), date(2026, 1, 9)))
+        run_pipeline(broken, paths, (date(2026, 1, 2), date(2026, 1, 9)), sessionize=run_sessionize)
     assert failure.value.exit_code == 3
     root = Path(paths.publish_root)
     assert publish.current_or_none(root) == first
