@@ -45,7 +45,7 @@ from embedding.vectors.versions import (
 from embedding.vectors.versions import NoCurrentVersionError as NoCurrentVersionError
 from embedding.vectors.versions import read_current as read_current
 from serving.columns import MarketColumn
-from serving.loading import IndexSource, open_index, read_columns
+from serving.loading import IndexSource, read_version
 
 logger = logging.getLogger(__name__)
 
@@ -326,9 +326,8 @@ def load_version(
         version = read_current(publish_root)
     version_dir = version_folder(publish_root, version)
     manifest = verify_version(version_dir)  # every file listed and matching its sha256
-    columns = read_columns(version_dir, manifest)
     cfg = cfg or ServingConfig()
-    index, index_source, index_load_s = open_index(version_dir, columns.vectors, cfg)
+    columns, index, index_source, index_load_s = read_version(version_dir, manifest, cfg)
     loaded = LoadedVersion(
         version=version,
         path=version_dir,

@@ -1,13 +1,15 @@
 """The prebuilt ANN index: stored with a version, checked on load, and the two-step search.
 
-Real hnswlib indexes over small clustered vectors (a few thousand items, so that the HNSW path,
+Real FAISS HNSW indexes over small clustered vectors (a few thousand items, so that the HNSW path,
 not exact search, answers), real Parquet versions written by ``publish_version``.
 """
 
+import gc
 import json
 from collections.abc import Collection
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -24,6 +26,7 @@ from embedding.vectors.ann_index import (
     write_version_index,
 )
 from embedding.vectors.item_vectors import ItemVectors
+from embedding.vectors.parquet_io import VECTORS_FILE, read_vectors
 from embedding.vectors.publish import MANIFEST, VERSIONS, publish_version
 from serving.model import LoadedVersion, VersionLoadError, load_version
 
@@ -228,6 +231,42 @@ def test_a_version_with_a_prebuilt_index_loads_it(loaded: LoadedVersion) -> None
         query = loaded.vectors[row]
         expected = brute_force(loaded, query, 10, drop={loaded.ids[row]})
         assert [n.item_id for n in loaded.similar(loaded.ids[row], 10)] == expected
+
+
+def test_a_prebuilt_version_serves_the_index_own_vectors_equal_to_the_file(
+    prebuilt_root: Path, loaded: LoadedVersion
+) -> None:
+    from_file, _ = read_vectors(prebuilt_root / VERSIONS / VERSION / VECTORS_FILE)
+
+    assert np.array_equal(loaded.vectors, from_file.vectors)  # every row, bit for bit
+    assert not loaded.vectors.flags.writeable
+    # no second copy: the rows are the index's storage, which the array keeps alive
+    view = loaded.vectors
+    storage = faiss.downcast_index(loaded.index.storage)
+    assert view.__array_interface__["data"][0] == int(storage.get_xb())
+    del storage
+    gone = load_version(prebuilt_root, cfg=CFG).vectors  # its version and index dropped
+    gc.collect()
+    assert np.array_equal(gone, from_file.vectors)
+
+
+def test_a_prebuilt_index_of_other_vectors_refuses_the_version(
+    tmp_path: Path, clustered: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """An index built from other vectors (its files listed in the manifest, so every checksum
+    holds) is caught by comparing the file's first rows with the index's."""
+    vectors, cluster = clustered
+    version_dir = publish(tmp_path, vectors, markets_of(cluster), with_index=False)
+    other = vectors.copy()
+    other[7] = other[8]
+    save_index(build_index(other, CFG), version_dir, N_ITEMS, DIM, CFG)
+    manifest = json.loads((version_dir / MANIFEST).read_text())
+    for name in (INDEX_FILE, INDEX_META_FILE):
+        manifest["files"][name] = file_sha256(version_dir / name)
+    (version_dir / MANIFEST).write_text(json.dumps(manifest))
+
+    with pytest.raises(VersionLoadError, match=r"row 7 differs from the prebuilt ANN index"):
+        load_version(tmp_path, cfg=CFG)
 
 
 def test_without_a_stored_index_one_is_built_and_small_versions_are_exact(
