@@ -576,7 +576,7 @@ def raw_index_latency(
 ) -> dict[str, Any]:
     import faiss
 
-    faiss.omp_set_num_threads(1)  # as the service runs it (serving.reload.single_threaded_search)
+    faiss.omp_set_num_threads(1)  # as the service runs it (serving.searcher.single_threaded_search)
     index = load_index(folder, len(x), x.shape[1], cfg)
     n_fetch = max(K * cfg.candidate_factor, K + MIN_EXTRA_CANDIDATES)  # as the service fetches
     lat_ms = np.empty(len(rows))

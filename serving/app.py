@@ -50,6 +50,7 @@ from serving.reload import (
 from serving.routes import admin, health, metrics, neighbors
 from serving.routes.neighbors import _json_safe
 from serving.schemas import ErrorDetail
+from serving.searcher import searcher_threads
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
         # here would keep the first version in memory after every swap
         app.state.reloader = Reloader(app, served_version(app))
         app.state.loader = loader_thread()
+        app.state.searcher = searcher_threads(cfg.search_threads)
         poller = None
         if cfg.poll_interval_s > 0:
             poller = asyncio.create_task(app.state.reloader.poll_forever(cfg.poll_interval_s))
@@ -97,6 +99,7 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
             app.state.loader.shutdown(wait=False, cancel_futures=True)
+            app.state.searcher.shutdown(wait=False, cancel_futures=True)
             app.state.loaded = None
             app.state.loaded_at = None
 
@@ -113,6 +116,7 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
     app.state.loaded_at = None  # (version, when it was swapped in)
     app.state.reloader = None  # set by the lifespan
     app.state.loader = None  # the lifespan's loader thread (serving.reload.loader_thread)
+    app.state.searcher = None  # the lifespan's searcher threads (serving.searcher)
     app.state.metrics = metrics.Metrics()
     app.state.blocklist = BlocklistWatcher(cfg.blocklist_file())
     app.state.heavy_slots = HeavySlots(cfg.max_heavy_requests)

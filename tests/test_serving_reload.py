@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +33,7 @@ import serving.reload
 from embedding.core.checksum import file_sha256
 from embedding.core.config import ServingConfig
 from serving.app import create_app
-from serving.model import load_version
+from serving.model import LoadedVersion, load_version
 from serving.probe import free_port
 
 DIM = 16
@@ -194,6 +195,43 @@ def test_no_request_fails_while_versions_swap(tmp_path: Path) -> None:
     assert statuses and set(statuses) == {200}
     switch = versions.index(V2)
     assert switch > 0 and set(versions[:switch]) == {V1} and set(versions[switch:]) == {V2}
+
+
+def test_a_search_runs_on_a_searcher_thread_and_never_holds_up_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One search held (as a slow ANN query would be) while others are answered: /health and
+    a second item's neighbours come back at once, from the other searcher thread."""
+    write_version(tmp_path, V1)
+    searched_on: list[str] = []
+    held, release = threading.Event(), threading.Event()
+    similar = LoadedVersion.similar
+
+    def held_similar(self: LoadedVersion, item_id: str, *args: object, **kwargs: object) -> list:
+        searched_on.append(threading.current_thread().name)
+        if item_id == "item_00001":
+            held.set()
+            release.wait(20)
+        return similar(self, item_id, *args, **kwargs)
+
+    monkeypatch.setattr(LoadedVersion, "similar", held_similar)
+    app = create_app(tmp_path, CFG)
+    with serve(app) as client, ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, client.base_url.join("/items/item_00001/similar"), timeout=30)
+        assert held.wait(10)
+        started = time.monotonic()
+        health = client.get("/health")
+        other = client.get("/items/item_00002/similar", params={"k": 3})
+        answered_s = time.monotonic() - started
+        release.set()
+        slow_response = slow.result(timeout=30)
+
+    assert (health.status_code, other.status_code, slow_response.status_code) == (200, 200, 200)
+    assert answered_s < 5  # the held search waits up to 20 s: nothing waited for it
+    assert len(searched_on) == 2 and all(name.startswith("searcher") for name in searched_on)
+    assert [n["item_id"] for n in other.json()["neighbors"]] == [
+        n.item_id for n in load_version(tmp_path).similar("item_00002", 3)
+    ]
 
 
 def test_every_answer_during_swaps_is_wholly_the_old_or_the_new_versions(tmp_path: Path) -> None:

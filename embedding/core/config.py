@@ -238,6 +238,9 @@ class ServingConfig(_Frozen):
     max_k: int = Field(100, ge=1, le=100)  # le: serving.requests.MAX_K_LIMIT (the cost cap)
     # ANN candidates fetched per answer: max(k * this, k + 10), then re-scored exactly
     candidate_factor: int = Field(4, ge=1)
+    # threads that run the single-query routes' ANN searches off the event loop
+    # (serving.searcher); FAISS releases the GIL, so they search in parallel with the HTTP work
+    search_threads: int = Field(2, ge=1, le=64)
     # seconds between reads of CURRENT; a new version there is loaded and swapped in (0: never)
     poll_interval_s: float = Field(5.0, ge=0)
     # /health answers 503 "stale" when the served version's created_at is older (None: no limit)

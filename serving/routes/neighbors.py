@@ -43,6 +43,7 @@ from serving.requests import (
     SimilarResult,
 )
 from serving.schemas import ErrorDetail, Neighbor, SimilarItems
+from serving.searcher import off_loop
 
 MAX_LISTED_UNKNOWN = 20  # a 404 names at most this many unknown ids
 # ids in a query string: every schema-valid URL then fits the server's request-line limit
@@ -114,6 +115,7 @@ def _add_similar_items(router: APIRouter, max_k: int) -> None:
         responses={**_NOT_FOUND, **_NO_VERSION},
     )
     async def similar_items(
+        request: Request,
         item_id: ItemIdPath,
         loaded: LoadedDep,
         blocked: BlockedRowsDep,
@@ -121,13 +123,19 @@ def _add_similar_items(router: APIRouter, max_k: int) -> None:
         market: MarketQuery = None,
         exclude: ExcludeQuery = [],  # noqa: B006 -- FastAPI copies defaults per request
     ) -> Response:
-        # the hot path: answered on the event loop (one ANN query, a fraction of a millisecond)
-        # and written straight to JSON; a threadpool hop and response-model validation would
-        # cost more than the search itself. The body has SimilarItems' shape.
+        # the hot path: the search runs on a searcher thread (serving.searcher), in parallel
+        # with the event loop's HTTP work, and the answer is written straight to JSON
+        # (response-model validation would cost more than the search). SimilarItems' shape.
         k = min(k, max_k)
         try:
-            neighbors = loaded.similar(
-                item_id, k, market=market, exclude=exclude, blocked_rows=blocked
+            neighbors = await off_loop(
+                request.app,
+                loaded.similar,
+                item_id,
+                k,
+                market=market,
+                exclude=exclude,
+                blocked_rows=blocked,
             )
         except KeyError:
             raise _unknown(loaded, [item_id]) from None
@@ -180,13 +188,19 @@ def _add_similar_to_query(router: APIRouter, max_k: int) -> None:
         },
     )
     async def similar_to_query(
-        query: SimilarQuery, loaded: LoadedDep, blocked: BlockedRowsDep
+        request: Request, query: SimilarQuery, loaded: LoadedDep, blocked: BlockedRowsDep
     ) -> SimilarResult:
         k = min(query.k, max_k)
         vector, exclude = _query_vector(query, loaded)
         try:
-            neighbors = loaded.similar_to_vector(
-                vector, k, market=query.market, exclude=exclude, blocked_rows=blocked
+            neighbors = await off_loop(
+                request.app,
+                loaded.similar_to_vector,
+                vector,
+                k,
+                market=query.market,
+                exclude=exclude,
+                blocked_rows=blocked,
             )
         except ValueError as exc:  # wrong dim (finite and non-zero: SimilarQuery checked)
             raise HTTPException(
@@ -200,8 +214,8 @@ def _add_similar_to_query(router: APIRouter, max_k: int) -> None:
 def _add_similar_batch(router: APIRouter, max_k: int) -> None:
     """``POST /similar/batch``."""
 
-    # sync on purpose: up to MAX_IDS searches, run in the threadpool so they do not stall the
-    # event loop (the single-item routes above are async: one search costs less than a hop)
+    # sync on purpose: up to MAX_IDS searches, run in the framework's threadpool (not on the
+    # searcher threads, which a long batch would hold while single queries wait behind it)
     @router.post(
         "/similar/batch",
         response_model=BatchResult,
