@@ -9,11 +9,16 @@ fails its checks is logged once and refused; the old one keeps serving, and the 
 retry it until ``CURRENT`` names something else. A version loaded on demand (``?version=``)
 likewise stays served until ``CURRENT`` moves.
 
-What keeps a swap invisible to requests (``make bench-serve``: 1M x 32 at 500 req/s on 2 cores):
+What keeps a swap invisible to requests (``make bench-serve``: 1M x 32 at 500 req/s on 2 cores,
+the benchmark publishing on the same cores: p99 11 ms, max 24 ms across two swaps):
 
-- every step of a load releases the GIL for all but a few ms (``serving.model``: Parquet read on
-  one thread, FAISS index read, numpy columns), and the old version is freed on the loader
-  thread, not on the event loop;
+- the single-query routes search on searcher threads (``serving.searcher``), not on the event
+  loop: with the search on the loop, that thread was ~90 % busy, and any CPU the publish or the
+  load took made requests queue (max 0.5-2.3 s in 3 of 4 swaps);
+- a load is short (``serving.loading``: a prebuilt index's vectors are used in place, not
+  decoded from Parquet: 1.0 s of CPU at 1M x 32) and every step of it releases the GIL for all
+  but a few ms (Parquet read on one thread, FAISS index read, numpy columns), and the old
+  version is freed on the loader thread, not on the event loop;
 - the loader thread keeps the normal CPU priority: niced to 19 it was starved while holding the
   GIL whenever the publisher kept both cores busy, and requests waited for it (a swap's max
   1,089 ms against 68 ms without);
