@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from embedding import __version__
 from embedding.core.config import ServingConfig
 from serving.blocklist import BlocklistWatcher
+from serving.fast_path import SimilarFastPath
 from serving.limits import BodySizeLimit, HeavySlots, RetryAfterOn503, unparsable_body_as_422
 from serving.model import NoCurrentVersionError, VersionLoadError
 from serving.reload import (
@@ -122,6 +123,7 @@ def create_app(publish_root: Path, cfg: ServingConfig | None = None) -> FastAPI:
     app.state.heavy_slots = HeavySlots(cfg.max_heavy_requests)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
     app.add_middleware(RetryAfterOn503)
+    app.add_middleware(SimilarFastPath, max_k=cfg.max_k)  # inside metrics: counted the same
     app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics)  # outermost
     app.add_exception_handler(RequestValidationError, json_safe_validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -17,7 +17,6 @@ answer's ``k`` says the value used. A handler takes the loaded version once, so 
 mixes two versions.
 """
 
-import json
 import math
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any
@@ -29,6 +28,7 @@ from fastapi.routing import APIRoute
 from pydantic import StringConstraints
 
 from serving.deps import BlockedRowsDep, BlocklistDep, LoadedDep
+from serving.fast_path import similar_items_body
 from serving.limits import HeavySlotDep
 from serving.model import LoadedVersion
 from serving.model import Neighbor as ModelNeighbor
@@ -139,15 +139,8 @@ def _add_similar_items(router: APIRouter, max_k: int) -> None:
             )
         except KeyError:
             raise _unknown(loaded, [item_id]) from None
-        body = {
-            "version": loaded.version,
-            "item_id": item_id,
-            "k": k,
-            "neighbors": [
-                {"item_id": n.item_id, "score": n.score, "market": n.market} for n in neighbors
-            ],
-        }
-        return Response(_dumps(body), media_type="application/json")
+        body = similar_items_body(loaded, item_id, k, neighbors)
+        return Response(body, media_type="application/json")
 
 
 def _add_get_item(router: APIRouter) -> None:
@@ -273,11 +266,6 @@ def _query_vector(query: SimilarQuery, loaded: LoadedVersion) -> tuple[np.ndarra
             ]
         )
     return vector, exclude
-
-
-def _dumps(body: dict[str, Any]) -> bytes:
-    """Compact strict JSON (scores are finite: cosines of unit vectors)."""
-    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _public(neighbors: Sequence[ModelNeighbor]) -> list[Neighbor]:
